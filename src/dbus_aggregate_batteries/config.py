@@ -1,0 +1,427 @@
+"""Configuration: one YAML file validated by pydantic v2.
+
+Policy: every number has a range, unknown keys are rejected at every level, and a chemistry
+preset (``lfp`` or ``lto``) fills the cell-voltage keys the file leaves out.  Loading collects
+*all* problems and raises one :class:`ConfigError` that names the file, the key path and the
+reason for each, so the CLI can print them and exit 2 before touching the bus.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Cell-voltage defaults per chemistry.  LFP values are the original program's defaults; LTO
+# values are its example LTO configuration (upstream.md 2.2).
+PRESETS: dict[str, dict[str, Any]] = {
+    "lfp": {
+        "max_cell_voltage_v": 3.45,
+        "min_cell_voltage_v": 2.90,
+        "min_cell_hysteresis_v": 0.10,
+        "balancing_voltage_v": 3.40,
+        "charge_cell_voltage_v": [3.55, 3.50, 3.50, 3.45, 3.40, 3.40, 3.40, 3.40, 3.45, 3.50, 3.50, 3.55],
+        "cell_diff_max_v": 0.025,
+        "soc_full_cell_voltage_v": 3.45,
+        "soc_empty_cell_voltage_v": 2.90,
+    },
+    "lto": {
+        "max_cell_voltage_v": 2.60,
+        "min_cell_voltage_v": 1.90,
+        "min_cell_hysteresis_v": 0.30,
+        "balancing_voltage_v": 2.50,
+        "charge_cell_voltage_v": [2.50, 2.45, 2.45, 2.40, 2.35, 2.35, 2.35, 2.35, 2.40, 2.45, 2.45, 2.50],
+        "cell_diff_max_v": 0.025,
+        "soc_full_cell_voltage_v": 2.50,
+        "soc_empty_cell_voltage_v": 1.90,
+    },
+}
+
+CELL_V = Field(ge=0.5, le=5.0)
+
+
+class ConfigError(Exception):
+    """A configuration file is unreadable or invalid; ``problems`` lists every issue found."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+class DiscoveryConfig(_Base):
+    """Which D-Bus services are packs, shunts, inverter/chargers and solar chargers."""
+
+    battery_service_prefix: str = Field("com.victronenergy.battery", min_length=1)
+    battery_product_names: list[str] = Field(default_factory=lambda: ["SerialBattery"], min_length=1)
+    exclude_services: list[str] = Field(default_factory=list)
+    exclude_serials: list[str] = Field(default_factory=list)
+    name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$")
+    expected_count: int = Field(0, ge=0, le=64)
+    smartshunt_product_names: list[str] = Field(default_factory=lambda: ["SmartShunt"])
+    dcload_service_prefix: str = Field("com.victronenergy.dcload", min_length=1)
+    multi_service_prefix: str = Field("com.victronenergy.vebus")
+    solarcharger_service_prefix: str = Field("com.victronenergy.solarcharger")
+    rescan_interval_s: float = Field(2.0, ge=0.1, le=600)
+
+    @field_validator("battery_product_names", "smartshunt_product_names")
+    @classmethod
+    def _non_empty_keywords(cls, value: list[str]) -> list[str]:
+        if any(not item for item in value):
+            raise ValueError("keywords must not be empty strings (an empty keyword matches all)")
+        return value
+
+
+class CurrentConfig(_Base):
+    """Where the bank current comes from."""
+
+    source: Literal["bms", "victron", "smartshunt"] = "bms"
+    use_multi: bool = True
+    smartshunts: Literal["none", "all"] | list[int | str] = "none"
+    smartshunt_name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$")
+    invert_smartshunts: bool = False
+    fallback_to_bms: bool = True
+
+    @field_validator("smartshunts")
+    @classmethod
+    def _shunt_items(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, bool):
+                    raise ValueError("list items must be VRM instances (int) or names (str)")
+                if isinstance(item, int) and not 0 <= item <= 1023:
+                    raise ValueError("a VRM instance must be in 0..1023")
+                if isinstance(item, str) and not item:
+                    raise ValueError("a shunt name must not be empty")
+        return value
+
+
+class SocConfig(_Base):
+    """State of charge: from the packs' BMS, or from our own Coulomb counter."""
+
+    source: Literal["bms", "own"] = "bms"
+    battery_efficiency: float = Field(0.98, gt=0.5, le=1.0)
+    max_gap_s: float = Field(30.0, ge=1.0, le=3600.0)
+    full_cell_voltage_v: float = CELL_V
+    empty_cell_voltage_v: float = CELL_V
+    reset_to_zero_at_empty: bool = False
+    save_every_fraction: float = Field(0.0025, ge=0.0001, le=0.1)
+    min_save_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
+    time_to_go_min_current_a: float = Field(0.1, ge=0.0, le=1000.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> SocConfig:
+        if self.empty_cell_voltage_v >= self.full_cell_voltage_v:
+            raise ValueError("empty_cell_voltage_v must be below full_cell_voltage_v")
+        return self
+
+
+class Table(_Base):
+    """A piecewise-linear factor table over a cell voltage."""
+
+    cell_voltage_v: list[float] = Field(min_length=2, max_length=20)
+    factor: list[float] = Field(min_length=2, max_length=20)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Table:
+        xs, ys = self.cell_voltage_v, self.factor
+        if len(xs) != len(ys):
+            raise ValueError("cell_voltage_v and factor must have the same length")
+        if any(not (0.5 <= x <= 5.0) or not math.isfinite(x) for x in xs):
+            raise ValueError("cell_voltage_v entries must be within 0.5..5.0 V")
+        if any(b <= a for a, b in pairwise(xs)):
+            raise ValueError("cell_voltage_v must be strictly ascending")
+        if any(not (0.0 <= y <= 1.0) or not math.isfinite(y) for y in ys):
+            raise ValueError("factor entries must be within 0..1")
+        return self
+
+
+class BmsLimitsConfig(_Base):
+    """Limits merged from the packs' own /Info/* values."""
+
+    cvl: Literal["min", "float_aware"] = "min"
+    currents: Literal["min_times_n", "sum"] = "min_times_n"
+
+
+class OwnLimitsConfig(_Base):
+    """Limits computed here from cell voltages."""
+
+    max_cell_voltage_v: float = CELL_V
+    min_cell_voltage_v: float = CELL_V
+    min_cell_hysteresis_v: float = Field(gt=0.0, le=1.0)
+    balancing_voltage_v: float = CELL_V
+    balancing_repetition_days: int = Field(10, ge=1, le=365)
+    balancing_tolerance_v: float = Field(0.005, ge=0.0, le=0.1)
+    charge_cell_voltage_v: float | list[float]
+    cell_diff_max_v: float = Field(ge=0.001, le=0.5)
+    max_charge_current_a: float = Field(200.0, gt=0.0, le=10000.0)
+    max_discharge_current_a: float = Field(200.0, gt=0.0, le=10000.0)
+    charge_table: Table
+    discharge_table: Table
+    disable_feed_in_on_high_cell: bool = True
+
+    @field_validator("charge_cell_voltage_v")
+    @classmethod
+    def _monthly(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) != 12:
+            raise ValueError(f"a list needs exactly 12 monthly values (Jan..Dec), got {len(value)}")
+        for v in values:
+            if not math.isfinite(v) or not 0.5 <= v <= 5.0:
+                raise ValueError("charge voltages must be within 0.5..5.0 V per cell")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> OwnLimitsConfig:
+        if not self.min_cell_voltage_v < self.balancing_voltage_v <= self.max_cell_voltage_v:
+            raise ValueError(
+                "cell voltages must satisfy min_cell_voltage_v < balancing_voltage_v"
+                " <= max_cell_voltage_v"
+            )
+        if self.min_cell_voltage_v + self.min_cell_hysteresis_v >= self.max_cell_voltage_v:
+            raise ValueError("min_cell_voltage_v + min_cell_hysteresis_v must stay below max")
+        return self
+
+    def charge_cell_voltage_for_month(self, month: int) -> float:
+        """Normal per-cell charge voltage for a month 1..12."""
+        value = self.charge_cell_voltage_v
+        return value[month - 1] if isinstance(value, list) else value
+
+
+class LimitsConfig(_Base):
+    """Charge voltage and current limits: ``bms`` merges the packs', ``own`` computes them."""
+
+    mode: Literal["bms", "own"] = "bms"
+    max_charge_current_a: float | None = Field(None, gt=0.0, le=10000.0)
+    max_discharge_current_a: float | None = Field(None, gt=0.0, le=10000.0)
+    bms: BmsLimitsConfig = Field(default_factory=BmsLimitsConfig)
+    own: OwnLimitsConfig
+
+
+class PublishConfig(_Base):
+    """Identity and behaviour of the published virtual battery."""
+
+    service_suffix: str = Field("aggregate", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    device_instance: int = Field(99, ge=0, le=1023)
+    product_id: int = Field(0xBA44, ge=0, le=0xFFFF)
+    product_name: str = Field("AggregateBatteries", min_length=1)
+    custom_name: str = "AggregateBatteries"
+    send_cell_voltages: bool = False
+    tick_s: float = Field(1.0, ge=0.05, le=10.0)
+
+    @field_validator("product_id")
+    @classmethod
+    def _not_reserved(cls, value: int) -> int:
+        if value in RESERVED_PRODUCT_IDS:
+            raise ValueError(f"0x{value:04X} triggers DVCC/GUI special behaviour; choose another")
+        return value
+
+
+class FaultConfig(_Base):
+    """What to do when packs go missing, freeze or send nonsense."""
+
+    stale_after_s: float = Field(30.0, ge=2.0, le=3600.0)
+    probe_after_s: float = Field(10.0, ge=1.0, le=3600.0)
+    policy: Literal["derate", "zero"] = "derate"
+    grace_s: float = Field(60.0, ge=0.0, le=3600.0)
+    startup_window_s: float = Field(15.0, ge=0.0, le=600.0)
+
+
+class ServiceConfig(_Base):
+    """Process-level settings."""
+
+    state_dir: str = Field("/data/apps/dbus-aggregate-batteries/state", min_length=1)
+    summary_interval_s: float = Field(300.0, ge=0.0, le=86400.0)
+    max_consecutive_failures: int = Field(10, ge=1, le=1000)
+    watchdog_s: float = Field(30.0, ge=2.0, le=600.0)
+
+
+class LoggingConfig(_Base):
+    """Log level of the service."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Base):
+    """The whole configuration file."""
+
+    chemistry: Literal["lfp", "lto"] = "lfp"
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    current: CurrentConfig = Field(default_factory=CurrentConfig)
+    soc: SocConfig
+    limits: LimitsConfig
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    fault: FaultConfig = Field(default_factory=FaultConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        return apply_preset(data)
+
+
+RESERVED_PRODUCT_IDS = frozenset(
+    {0xB004, 0xB009, 0xB00A, 0xB015, 0xB019, 0xB029, 0xB005, 0xB016, 0xB01A, 0xB01B, 0xB01D,
+     0xB01E, 0xB01F, 0xB021, 0xB028, 0xB052, 0xB014, 0xB020, 0xB024, 0xB02A, 0xB02B, 0xB051,
+     0xB02E, 0xB02F, 0xB038, 0xB054, 0xB055, 0xB012, 0xBA77}
+    | set(range(0xA3E3, 0xA3E8))
+)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill the cell-voltage keys missing from ``data`` with the chemistry preset's values.
+
+    Explicit keys always win.  Default interpolation tables are derived from the (possibly
+    overridden) min, balancing and max cell voltages, as the original program does.  Values of
+    the wrong type are left alone so that validation reports them against the right key.
+    """
+    out: dict[str, Any] = dict(data)
+    chem = out.get("chemistry", "lfp")
+    preset = PRESETS.get(chem) if isinstance(chem, str) else None
+    if preset is None:
+        return out  # validation reports the bad chemistry
+    limits = out.get("limits", {})
+    soc = out.get("soc", {})
+    if not isinstance(limits, Mapping) or not isinstance(soc, Mapping):
+        return out
+    limits = dict(limits)
+    soc = dict(soc)
+    own = limits.get("own", {})
+    if isinstance(own, Mapping):
+        own = dict(own)
+        for key in (
+            "max_cell_voltage_v",
+            "min_cell_voltage_v",
+            "min_cell_hysteresis_v",
+            "balancing_voltage_v",
+            "charge_cell_voltage_v",
+            "cell_diff_max_v",
+        ):
+            own.setdefault(key, preset[key])
+        vmin = _finite(own.get("min_cell_voltage_v"))
+        vbal = _finite(own.get("balancing_voltage_v"))
+        vmax = _finite(own.get("max_cell_voltage_v"))
+        if "charge_table" not in own and None not in (vmin, vbal, vmax):
+            assert vmin is not None and vbal is not None and vmax is not None
+            own["charge_table"] = {
+                "cell_voltage_v": [
+                    round(v, 4) for v in (vmin, vmin + 0.05, vbal - 0.1, vbal, vmax)
+                ],
+                "factor": [0.2, 1.0, 1.0, 0.1, 0.0],
+            }
+        if "discharge_table" not in own and vmin is not None:
+            own["discharge_table"] = {
+                "cell_voltage_v": [round(v, 4) for v in (vmin, vmin + 0.1, vmin + 0.2)],
+                "factor": [0.0, 0.05, 1.0],
+            }
+        limits["own"] = own
+    soc.setdefault("full_cell_voltage_v", preset["soc_full_cell_voltage_v"])
+    soc.setdefault("empty_cell_voltage_v", preset["soc_empty_cell_voltage_v"])
+    out["limits"] = limits
+    out["soc"] = soc
+    return out
+
+
+_UNION_BRANCHES = frozenset({"int", "str", "float", "bool"})
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in _UNION_BRANCHES or "[" in item or item.startswith("function-"):
+            # pydantic names union branches in the location; they are noise to a user.
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def errors_from_validation(exc: ValidationError) -> list[str]:
+    """Turn pydantic errors into ``key.path: reason`` lines, one per distinct problem."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = _format_loc(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        msg = msg.removeprefix("Value error, ")
+        line = f"{loc}: {msg}"
+        if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
+            shown = repr(err["input"])
+            if len(shown) <= 40:
+                line += f" (got {shown})"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate an already-parsed YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, ["(top level): the file must contain a mapping of sections"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, errors_from_validation(exc)) from None
+
+
+def parse_config_text(text: str, source: str = "<config>") -> Config:
+    """Parse YAML text and validate it; syntax errors carry the line and column."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(source, [f"YAML syntax error at {where}: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"YAML error: {exc}"]) from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
+    return parse_config_text(text, str(p))
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective configuration as YAML that is itself a valid config file."""
+    data = cfg.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)

@@ -1,0 +1,313 @@
+"""Typed, frozen data shared by the pure core: pack snapshots, auxiliary inputs, events.
+
+``pack_from_values`` is where raw D-Bus values become trusted numbers: anything that is not a
+finite number of the right kind and inside a plausible range is treated as missing and
+reported, so nothing downstream ever sees None-as-number, NaN, infinity or nonsense.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from dbus_aggregate_batteries.venus import ALARM_PATHS, Value
+
+# Plausible ranges; outside them a value is treated as missing (bad data, not physics).
+RANGES: dict[str, tuple[float, float]] = {
+    "/Dc/0/Voltage": (0.0, 100.0),
+    "/Dc/0/Current": (-10000.0, 10000.0),
+    "/Dc/0/Power": (-1_000_000.0, 1_000_000.0),
+    "/Dc/0/Temperature": (-50.0, 120.0),
+    "/Soc": (0.0, 100.0),
+    "/Capacity": (0.0, 100_000.0),
+    "/InstalledCapacity": (0.0, 100_000.0),
+    "/ConsumedAmphours": (-100_000.0, 100_000.0),
+    "/TimeToGo": (0.0, 10_000_000.0),
+    "/System/MaxCellVoltage": (0.0, 5.0),
+    "/System/MinCellVoltage": (0.0, 5.0),
+    "/System/MaxCellTemperature": (-50.0, 120.0),
+    "/System/MinCellTemperature": (-50.0, 120.0),
+    "/Voltages/Sum": (0.0, 100.0),
+    "/Info/MaxChargeVoltage": (0.0, 100.0),
+    "/Info/MaxChargeCurrent": (0.0, 10000.0),
+    "/Info/MaxDischargeCurrent": (0.0, 10000.0),
+    "/Info/BatteryLowVoltage": (0.0, 100.0),
+}
+# Voltage 0 is not a pack voltage: a BMS that lost its cells reports 0, not a measurement.
+EXCLUSIVE_LOW = frozenset({"/Dc/0/Voltage", "/Voltages/Sum"})
+CELL_RANGE = (0.0, 5.0)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "/System/NrOfCellsPerBattery": (1, 64),
+    "/System/NrOfModulesOnline": (0, 1000),
+    "/System/NrOfModulesOffline": (0, 1000),
+    "/System/NrOfModulesBlockingCharge": (0, 1000),
+    "/System/NrOfModulesBlockingDischarge": (0, 1000),
+    "/Io/AllowToCharge": (0, 1),
+    "/Io/AllowToDischarge": (0, 1),
+    "/Io/AllowToBalance": (0, 1),
+    "/Connected": (0, 1),
+    "/Balancing": (0, 1),
+    **{path: (0, 2) for path in ALARM_PATHS},
+}
+TEXT_PATHS = frozenset(
+    {
+        "/System/MaxVoltageCellId",
+        "/System/MinVoltageCellId",
+        "/System/MaxTemperatureCellId",
+        "/System/MinTemperatureCellId",
+        "/Info/ChargeMode",
+        "/CustomName",
+        "/ProductName",
+        "/Serial",
+    }
+)
+MAX_CELLS = 64
+
+
+class Severity(Enum):
+    """How loudly the shell should log an event."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something worth logging, returned by the pure core instead of logged by it."""
+
+    severity: Severity
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadValue:
+    """A value that was rejected while building a snapshot."""
+
+    path: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackSnapshot:
+    """One pack's trusted values at one instant; None means missing or rejected."""
+
+    service: str
+    label: str
+    voltage_v: float | None = None
+    current_a: float | None = None
+    power_w: float | None = None
+    temperature_c: float | None = None
+    soc_pct: float | None = None
+    capacity_ah: float | None = None
+    installed_capacity_ah: float | None = None
+    consumed_ah: float | None = None
+    time_to_go_s: float | None = None
+    max_cell_v: float | None = None
+    min_cell_v: float | None = None
+    max_cell_id: str | None = None
+    min_cell_id: str | None = None
+    max_cell_temp_c: float | None = None
+    min_cell_temp_c: float | None = None
+    max_temp_id: str | None = None
+    min_temp_id: str | None = None
+    voltages_sum_v: float | None = None
+    cells: tuple[float | None, ...] = ()
+    cells_per_battery: int | None = None
+    modules_online: int | None = None
+    modules_offline: int | None = None
+    blocking_charge: int | None = None
+    blocking_discharge: int | None = None
+    alarms: tuple[int | None, ...] = tuple(None for _ in ALARM_PATHS)
+    allow_to_charge: int | None = None
+    allow_to_discharge: int | None = None
+    allow_to_balance: int | None = None
+    balancing: int | None = None
+    cvl_v: float | None = None
+    ccl_a: float | None = None
+    dcl_a: float | None = None
+    battery_low_voltage_v: float | None = None
+    charge_mode: str | None = None
+
+    @property
+    def blocks_charge(self) -> bool:
+        """The pack forbids charging by any of the ways a BMS says so."""
+        return (
+            self.allow_to_charge == 0
+            or (self.blocking_charge or 0) > 0
+            or (self.ccl_a is not None and self.ccl_a <= 0.0)
+        )
+
+    @property
+    def blocks_discharge(self) -> bool:
+        """The pack forbids discharging by any of the ways a BMS says so."""
+        return (
+            self.allow_to_discharge == 0
+            or (self.blocking_discharge or 0) > 0
+            or (self.dcl_a is not None and self.dcl_a <= 0.0)
+        )
+
+    @property
+    def in_float(self) -> bool:
+        """The pack's BMS reports float charging (serialbattery: e.g. "Float │ Linear Mode")."""
+        return self.charge_mode is not None and "float" in self.charge_mode.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCurrent:
+    """One auxiliary device's DC current (Multi, solar charger or SmartShunt)."""
+
+    service: str
+    current_a: float | None
+    connected: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuxSnapshot:
+    """Everything besides the packs: Victron devices, shunts and two system settings."""
+
+    multi: DeviceCurrent | None = None
+    solar_chargers: tuple[DeviceCurrent, ...] = ()
+    battery_shunts: tuple[DeviceCurrent, ...] = ()
+    dcload_shunts: tuple[DeviceCurrent, ...] = ()
+    feed_in_setting: int | None = None
+
+
+def _number(value: Value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@dataclass(slots=True)
+class _Reader:
+    values: Mapping[str, Value]
+    bad: list[BadValue] = field(default_factory=list)
+
+    def num(self, path: str) -> float | None:
+        if path not in self.values:
+            return None
+        raw = self.values[path]
+        if raw is None:
+            return None
+        number = _number(raw)
+        if number is None:
+            self.bad.append(BadValue(path, repr(raw)[:40], "not a finite number"))
+            return None
+        low, high = RANGES.get(path, (-math.inf, math.inf))
+        too_low = number <= low if path in EXCLUSIVE_LOW else number < low
+        if too_low or number > high:
+            self.bad.append(BadValue(path, repr(raw)[:40], f"outside {low:g}..{high:g}"))
+            return None
+        return number
+
+    def cell(self, path: str) -> float | None:
+        number = self.num(path)
+        if number is None:
+            return None
+        if not CELL_RANGE[0] < number <= CELL_RANGE[1]:
+            self.bad.append(BadValue(path, repr(number), "cell voltage outside 0..5 V"))
+            return None
+        return number
+
+    def integer(self, path: str) -> int | None:
+        raw = self.values.get(path)
+        if raw is None:
+            return None
+        number = _number(raw)
+        if number is None or number != int(number):
+            self.bad.append(BadValue(path, repr(raw)[:40], "not an integer"))
+            return None
+        low, high = INT_RANGES.get(path, (-(2**31), 2**31 - 1))
+        if not low <= number <= high:
+            self.bad.append(BadValue(path, repr(raw)[:40], f"outside {low}..{high}"))
+            return None
+        return int(number)
+
+    def text(self, path: str) -> str | None:
+        raw = self.values.get(path)
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            self.bad.append(BadValue(path, repr(raw)[:40], "not a string"))
+            return None
+        return raw
+
+
+def pack_from_values(
+    service: str, label: str, values: Mapping[str, Value]
+) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
+    """Build a trusted snapshot from raw path values, and list what was rejected."""
+    r = _Reader(values)
+    n_cells = r.integer("/System/NrOfCellsPerBattery")
+    cells: list[float | None] = []
+    # Cells are read up to the published count, or as far as they are present.
+    limit = n_cells if n_cells is not None else MAX_CELLS
+    for i in range(1, limit + 1):
+        path = f"/Voltages/Cell{i}"
+        if path not in values and n_cells is None:
+            break
+        cells.append(r.cell(path))
+    max_cell = r.num("/System/MaxCellVoltage")
+    min_cell = r.num("/System/MinCellVoltage")
+    max_cell = max_cell if max_cell is None or max_cell > 0 else None
+    min_cell = min_cell if min_cell is None or min_cell > 0 else None
+    known_cells = [c for c in cells if c is not None]
+    if max_cell is None and known_cells:
+        max_cell = max(known_cells)
+    if min_cell is None and known_cells:
+        min_cell = min(known_cells)
+    snap = PackSnapshot(
+        service=service,
+        label=label,
+        voltage_v=r.num("/Dc/0/Voltage"),
+        current_a=r.num("/Dc/0/Current"),
+        power_w=r.num("/Dc/0/Power"),
+        temperature_c=r.num("/Dc/0/Temperature"),
+        soc_pct=r.num("/Soc"),
+        capacity_ah=r.num("/Capacity"),
+        installed_capacity_ah=r.num("/InstalledCapacity"),
+        consumed_ah=r.num("/ConsumedAmphours"),
+        time_to_go_s=r.num("/TimeToGo"),
+        max_cell_v=max_cell,
+        min_cell_v=min_cell,
+        max_cell_id=r.text("/System/MaxVoltageCellId"),
+        min_cell_id=r.text("/System/MinVoltageCellId"),
+        max_cell_temp_c=r.num("/System/MaxCellTemperature"),
+        min_cell_temp_c=r.num("/System/MinCellTemperature"),
+        max_temp_id=r.text("/System/MaxTemperatureCellId"),
+        min_temp_id=r.text("/System/MinTemperatureCellId"),
+        voltages_sum_v=r.num("/Voltages/Sum"),
+        cells=tuple(cells),
+        cells_per_battery=n_cells,
+        modules_online=r.integer("/System/NrOfModulesOnline"),
+        modules_offline=r.integer("/System/NrOfModulesOffline"),
+        blocking_charge=r.integer("/System/NrOfModulesBlockingCharge"),
+        blocking_discharge=r.integer("/System/NrOfModulesBlockingDischarge"),
+        alarms=tuple(r.integer(p) for p in ALARM_PATHS),
+        allow_to_charge=r.integer("/Io/AllowToCharge"),
+        allow_to_discharge=r.integer("/Io/AllowToDischarge"),
+        allow_to_balance=r.integer("/Io/AllowToBalance"),
+        balancing=r.integer("/Balancing"),
+        cvl_v=r.num("/Info/MaxChargeVoltage"),
+        ccl_a=r.num("/Info/MaxChargeCurrent"),
+        dcl_a=r.num("/Info/MaxDischargeCurrent"),
+        battery_low_voltage_v=r.num("/Info/BatteryLowVoltage"),
+        charge_mode=r.text("/Info/ChargeMode"),
+    )
+    return snap, tuple(r.bad)
+
+
+def device_current(service: str, values: Mapping[str, Value]) -> DeviceCurrent:
+    """An auxiliary device's current; a non-number or absurd current is missing."""
+    current = _number(values.get("/Dc/0/Current"))
+    if current is not None and abs(current) > 10000.0:
+        current = None
+    connected = values.get("/Connected")
+    return DeviceCurrent(service, current, connected is None or connected == 1)

@@ -1,0 +1,132 @@
+"""Venus OS names: D-Bus paths, the BusItem interface, and how each published value is shown.
+
+Plain constants and pure formatting only; no D-Bus library is imported here, so the pure core
+may use the path names too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+BUSITEM = "com.victronenergy.BusItem"
+SETTINGS_SERVICE = "com.victronenergy.settings"
+SERVICE_PREFIX = "com.victronenergy.battery."
+
+Value = float | int | str | None
+
+# Alarm paths merged as "worst of" (0 ok, 1 warning, 2 alarm).
+ALARM_PATHS: tuple[str, ...] = (
+    "/Alarms/LowVoltage",
+    "/Alarms/HighVoltage",
+    "/Alarms/LowCellVoltage",
+    "/Alarms/HighCellVoltage",
+    "/Alarms/LowSoc",
+    "/Alarms/HighChargeCurrent",
+    "/Alarms/HighDischargeCurrent",
+    "/Alarms/CellImbalance",
+    "/Alarms/InternalFailure",
+    "/Alarms/HighChargeTemperature",
+    "/Alarms/LowChargeTemperature",
+    "/Alarms/HighTemperature",
+    "/Alarms/LowTemperature",
+    "/Alarms/BmsCable",
+)
+
+
+def _fmt(spec: str, unit: str) -> Callable[[Value], str]:
+    def render(value: Value) -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return format(value, spec) + unit
+        return str(value)
+
+    return render
+
+
+def _seconds(value: Value) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    total = int(value)
+    return f"{total // 3600}h {total % 3600 // 60:02d}m"
+
+
+def _hex(value: Value) -> str:
+    return f"0x{value:X}" if isinstance(value, int) else str(value)
+
+
+# Decimal places each path is rounded to before the change test (so measurement noise below the
+# shown precision does not produce signals), and its text.
+PRECISION: dict[str, int] = {
+    "/Dc/0/Voltage": 2,
+    "/Dc/0/Current": 2,
+    "/Dc/0/Power": 0,
+    "/Dc/0/Temperature": 1,
+    "/Soc": 1,
+    "/Capacity": 1,
+    "/InstalledCapacity": 1,
+    "/ConsumedAmphours": 1,
+    "/TimeToGo": 0,
+    "/TimeToSoC/100": 0,
+    "/System/MaxCellTemperature": 1,
+    "/System/MinCellTemperature": 1,
+    "/System/MaxCellVoltage": 3,
+    "/System/MinCellVoltage": 3,
+    "/Voltages/Sum": 3,
+    "/Voltages/Diff": 3,
+    "/Info/MaxChargeVoltage": 2,
+    "/Info/MaxChargeCurrent": 1,
+    "/Info/MaxDischargeCurrent": 1,
+    "/Info/BatteryLowVoltage": 2,
+}
+CELL_PRECISION = 3
+
+TEXT: dict[str, Callable[[Value], str]] = {
+    "/Dc/0/Voltage": _fmt(".2f", "V"),
+    "/Dc/0/Current": _fmt(".2f", "A"),
+    "/Dc/0/Power": _fmt(".0f", "W"),
+    "/Dc/0/Temperature": _fmt(".1f", "°C"),
+    "/Soc": _fmt(".1f", "%"),
+    "/Capacity": _fmt(".0f", "Ah"),
+    "/InstalledCapacity": _fmt(".0f", "Ah"),
+    "/ConsumedAmphours": _fmt(".0f", "Ah"),
+    "/TimeToGo": _seconds,
+    "/TimeToSoC/100": _seconds,
+    "/System/MaxCellTemperature": _fmt(".1f", "°C"),
+    "/System/MinCellTemperature": _fmt(".1f", "°C"),
+    "/System/MaxCellVoltage": _fmt(".3f", "V"),
+    "/System/MinCellVoltage": _fmt(".3f", "V"),
+    "/Voltages/Sum": _fmt(".3f", "V"),
+    "/Voltages/Diff": _fmt(".3f", "V"),
+    "/Info/MaxChargeVoltage": _fmt(".2f", "V"),
+    "/Info/MaxChargeCurrent": _fmt(".1f", "A"),
+    "/Info/MaxDischargeCurrent": _fmt(".1f", "A"),
+    "/Info/BatteryLowVoltage": _fmt(".2f", "V"),
+    "/ProductId": _hex,
+}
+_CELL_TEXT = _fmt(".3f", "V")
+
+INVALID_TEXT = "---"
+
+
+def round_for_path(path: str, value: Value) -> Value:
+    """Round a value to its published precision; NaN and infinity become invalid."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        places = PRECISION.get(path)
+        if places is None and path.startswith("/Voltages/"):
+            places = CELL_PRECISION
+        if places is not None:
+            rounded = round(value, places)
+            return rounded + 0.0  # normalise -0.0
+    return value
+
+
+def text_for_path(path: str, value: Value) -> str:
+    """The text velib's GetText would return for ``value`` at ``path``."""
+    if value is None:
+        return INVALID_TEXT
+    render = TEXT.get(path)
+    if render is None and path.startswith("/Voltages/"):
+        render = _CELL_TEXT
+    return render(value) if render else str(value)
