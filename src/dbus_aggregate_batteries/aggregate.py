@@ -155,7 +155,7 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
     max_t, max_t_id = _extreme(packs, lambda p: p.max_cell_temp_c, lambda p: p.max_temp_id, True)
     min_t, min_t_id = _extreme(packs, lambda p: p.min_cell_temp_c, lambda p: p.min_temp_id, False)
     alarms = tuple(
-        max(_values(packs, lambda p, i=i: p.alarms[i]), default=None)
+        max((a for a in (p.alarms[i] for p in packs) if a is not None), default=None)
         for i in range(len(ALARM_PATHS))
     )
     power_values = _values(packs, lambda p: p.power_w)
@@ -182,7 +182,7 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
         min_cell_temp_c=min_t,
         min_temp_id=min_t_id,
         voltages_sum_v=_mean(_values(packs, lambda p: p.voltages_sum_v)),
-        cell_diff_v=(max_cell - min_cell) if max_cell is not None and min_cell is not None else None,
+        cell_diff_v=None if max_cell is None or min_cell is None else max_cell - min_cell,
         cells_per_battery=_cells_per_battery(packs),
         modules_online=_sum_i(_values(packs, lambda p: p.modules_online)),
         modules_offline=_sum_i(_values(packs, lambda p: p.modules_offline)),

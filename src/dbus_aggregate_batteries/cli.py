@@ -14,7 +14,8 @@ EXIT_CONFIG = 2
 
 
 def _print_config_error(exc: ConfigError) -> None:
-    print(f"{exc.path}: configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    count = len(exc.problems)
+    print(f"{exc.path}: configuration is invalid ({count} problem(s)):", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {exc.path}: {problem}", file=sys.stderr)
 
@@ -48,20 +49,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_CONFIG
     _setup_logging(args.log_level or cfg.logging.level)
-    from dbus_aggregate_batteries.app import run_service  # noqa: PLC0415 (D-Bus only when running)
+    from dbus_aggregate_batteries.app import run_service
 
     return run_service(cfg, bus=args.bus, state_dir=args.state_dir)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from dbus_aggregate_batteries.status import show_status  # noqa: PLC0415
+    from dbus_aggregate_batteries.status import show_status
 
     return show_status(bus=args.bus, service=args.service)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "WARNING")
-    from dbus_aggregate_batteries.demo import run_demo  # noqa: PLC0415
+    from dbus_aggregate_batteries.demo import run_demo
 
     return run_demo(batteries=args.batteries, duration_s=args.duration, config=args.config)
 

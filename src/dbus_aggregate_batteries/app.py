@@ -1,0 +1,462 @@
+"""The running service: wiring, the 1 s tick, persistence, shutdown (the imperative shell).
+
+Per tick: snapshot the model -> classify pack health -> pure engine step -> publish the diff ->
+log events -> persist when due.  This module is the one place that knows about time, tasks and
+the bus together; all arithmetic lives in the pure modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from dbus_aggregate_batteries import __version__, _dbus
+from dbus_aggregate_batteries.charge import BalancePhase
+from dbus_aggregate_batteries.config import Config
+from dbus_aggregate_batteries.discovery import Monitor
+from dbus_aggregate_batteries.engine import EngineState, StepResult, restore_state, step
+from dbus_aggregate_batteries.export import BusItemService, NameTakenError
+from dbus_aggregate_batteries.health import Health, pack_health
+from dbus_aggregate_batteries.model import (
+    AuxSnapshot,
+    DeviceCurrent,
+    PackSnapshot,
+    Severity,
+    device_current,
+)
+from dbus_aggregate_batteries.persist import SavedState, StateFile
+from dbus_aggregate_batteries.state import BusState, Kind, ServiceState
+from dbus_aggregate_batteries.venus import SERVICE_PREFIX, Value
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+_LEVELS = {
+    Severity.DEBUG: logging.DEBUG,
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.ERROR: logging.ERROR,
+}
+
+
+@dataclass(slots=True)
+class Counters:
+    """Numbers for the periodic summary (and the tests)."""
+
+    ticks: int = 0
+    missed_ticks: int = 0
+    tick_failures: int = 0
+    consecutive_failures: int = 0
+    bad_values: int = 0
+    state_writes: int = 0
+    published_changes: int = 0
+    items_changed_signals: int = 0
+    health: dict[str, Health] = field(default_factory=dict)
+
+
+def identity_values(cfg: Config, custom_name: str) -> dict[str, Value]:
+    """The mandatory identity paths of a Venus OS service."""
+    return {
+        "/Mgmt/ProcessName": "dbus-aggregate-batteries",
+        "/Mgmt/ProcessVersion": f"{__version__} (Python {sys.version.split()[0]})",
+        "/Mgmt/Connection": "Virtual",
+        "/DeviceInstance": cfg.publish.device_instance,
+        "/ProductId": cfg.publish.product_id,
+        "/ProductName": cfg.publish.product_name,
+        "/CustomName": custom_name,
+        "/FirmwareVersion": __version__,
+        "/HardwareVersion": "virtual",
+        "/Serial": f"aggregate-{cfg.publish.service_suffix}",
+        "/Connected": 1,
+    }
+
+
+class Application:
+    """One aggregate battery service on one bus connection."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        bus: _dbus.MessageBus,
+        *,
+        state_dir: str | Path,
+        clock: Callable[[], float] = time.monotonic,
+        today: Callable[[], date] = lambda: datetime.now().date(),
+    ) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.name = SERVICE_PREFIX + cfg.publish.service_suffix
+        self.clock = clock
+        self.today = today
+        self.state = BusState()
+        self.monitor = Monitor(
+            bus, self.state, cfg, own_name=self.name, clock=clock, on_departed=self._departed
+        )
+        self.service = BusItemService(bus, self.name, signals="both")
+        self.state_file = StateFile(state_dir)
+        self.engine = EngineState()
+        self.counters = Counters()
+        self.last_result: StepResult | None = None
+        self.custom_name = cfg.publish.custom_name
+        self.stopping = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self._departed_packs: dict[str, PackSnapshot] = {}
+        self._last_good: dict[str, PackSnapshot] = {}
+        self._bad_logged: set[tuple[str, str]] = set()
+        self._last_probe: dict[str, float] = {}
+        self._saved: SavedState | None = None
+        self._saved_at = -1e18
+        self._save_task: asyncio.Task[None] | None = None
+        self._last_summary = 0.0
+        self._last_tick_done = 0.0
+        self.registered = False
+
+    # ------------------------------------------------------------------ start-up
+
+    async def start(self) -> None:
+        """Load state, discover packs, compute the first values, then claim the bus name."""
+        saved = await asyncio.to_thread(self.state_file.load)
+        if saved is not None:
+            self._saved = saved
+            self.engine = restore_state(
+                saved.charge_ah,
+                saved.last_balanced,
+                BalancePhase(saved.balancing_phase),
+                saved.feed_in_saved,
+            )
+            log.info(
+                "restored state: charge %s Ah, last balancing %s",
+                saved.charge_ah, saved.last_balanced,
+            )
+        await self.monitor.start()
+        await self._wait_for_packs()
+        result = self.tick()
+        values = {**identity_values(self.cfg, self.custom_name), **result.values}
+        for path, value in values.items():
+            self.service.add_path(
+                path, value, writable=path == "/CustomName",
+                on_change=self._custom_name_changed if path == "/CustomName" else None,
+            )
+        await self.service.register()
+        self.registered = True
+        self._last_tick_done = self.clock()
+        log.info(
+            "%s registered: %d pack(s), CVL %s V, CCL %.1f A, DCL %.1f A",
+            self.name, result.merged.count,
+            result.limits.cvl_v, result.limits.ccl_a, result.limits.dcl_a,
+        )
+
+    def _healthy_names(self) -> list[str]:
+        return [n for n, h in self.counters.health.items() if h is Health.ACTIVE]
+
+    async def _wait_for_packs(self) -> None:
+        """Do not publish limits until the bank is known: a restart must not start at CCL 0."""
+        window = self.cfg.fault.startup_window_s
+        expected = self.cfg.discovery.expected_count
+        deadline = self.clock() + window
+        while self.clock() < deadline:
+            self.monitor.rescan_due(self.clock())
+            packs = self.state.of_kind(Kind.PACK)
+            complete = [p for p in packs if p.has_paths(("/Dc/0/Voltage",))]
+            candidates = self.state.of_kind(Kind.CANDIDATE)
+            if expected and len(complete) >= expected:
+                return
+            if not expected and complete and not candidates and not self.monitor.scans_pending:
+                return
+            await asyncio.sleep(0.05)
+        log.warning(
+            "start-up window of %.0f s over with %d pack(s) found", window,
+            len(self.state.of_kind(Kind.PACK)),
+        )
+
+    def _custom_name_changed(self, path: str, value: Value) -> bool:
+        if not isinstance(value, str):
+            return False
+        self.custom_name = value
+        log.info("custom name set to %r", value)
+        return True
+
+    def _departed(self, svc: ServiceState) -> None:
+        if svc.kind is not Kind.PACK:
+            return
+        snap = self._last_good.pop(svc.name, None)
+        if snap is None:
+            snap, _ = svc.snapshot(self.cfg.discovery.name_path)
+        self._departed_packs[svc.identity] = snap
+        self.counters.health[svc.name] = Health.OFFLINE
+        log.warning("pack %s (%s) is offline: its service left the bus", snap.label, svc.name)
+
+    # ------------------------------------------------------------------ one tick
+
+    def tick(self) -> StepResult:
+        """Run one cycle synchronously (no awaits: a tick can never interleave with another)."""
+        now = self.clock()
+        cfg = self.cfg
+        self.monitor.rescan_due(now)
+        healthy: list[PackSnapshot] = []
+        missing: list[PackSnapshot] = []
+        for svc in self.state.of_kind(Kind.PACK):
+            snap, bad = svc.snapshot(cfg.discovery.name_path)
+            for item in bad:
+                self.counters.bad_values += 1
+                key = (svc.name, item.path)
+                if key not in self._bad_logged:
+                    self._bad_logged.add(key)
+                    log.warning(
+                        "%s: ignoring bad value %s at %s (%s); further ones are only counted",
+                        svc.name, item.value, item.path, item.reason,
+                    )
+            self._departed_packs.pop(svc.identity, None)
+            last_change = svc.last_signal_s or svc.last_scan_s or svc.first_seen_s
+            if (
+                now - last_change > cfg.fault.probe_after_s
+                and now - self._last_probe.get(svc.name, -1e18) > cfg.fault.probe_after_s
+            ):
+                self._last_probe[svc.name] = now
+                self.monitor.probe(svc)
+            health, reason = pack_health(
+                snap,
+                now_s=now,
+                last_change_s=last_change,
+                probe_failed=svc.probe_failed,
+                stale_after_s=cfg.fault.stale_after_s,
+                connected=svc.values.get("/Connected", 1),
+            )
+            previous = self.counters.health.get(svc.name)
+            if previous is not health:
+                level = logging.INFO if health is Health.ACTIVE else logging.WARNING
+                log.log(level, "pack %s (%s): %s (%s)", snap.label, svc.name, health.value,
+                        reason)
+                self.counters.health[svc.name] = health
+            if health is Health.ACTIVE:
+                healthy.append(snap)
+                self._last_good[svc.name] = snap
+            else:
+                missing.append(self._last_good.get(svc.name, snap))
+        missing.extend(self._departed_packs.values())
+
+        result = step(
+            cfg,
+            self.engine,
+            healthy,
+            self._aux(),
+            now_s=now,
+            today=self.today(),
+            missing=missing,
+            expected_count=cfg.discovery.expected_count,
+        )
+        self.engine = result.state
+        self.last_result = result
+        for event in result.events:
+            log.log(_LEVELS[event.severity], "%s", event.message)
+        if self.registered:
+            changed = self.service.publish(result.values)
+            self.counters.published_changes += changed
+            if changed:
+                self.counters.items_changed_signals += 1
+        self.counters.ticks += 1
+        self._persist_if_due(now, result)
+        self._summary_if_due(now, result, len(healthy), len(healthy) + len(missing))
+        self._last_tick_done = self.clock()
+        return result
+
+    def _aux(self) -> AuxSnapshot:
+        if self.cfg.current.source == "bms":
+            return AuxSnapshot()
+        multis = self.state.of_kind(Kind.MULTI)
+        return AuxSnapshot(
+            multi=device_current(multis[0].name, multis[0].values) if multis else None,
+            solar_chargers=self._currents(Kind.SOLAR),
+            battery_shunts=self._currents(Kind.BATTERY_SHUNT),
+            dcload_shunts=self._currents(Kind.DCLOAD_SHUNT),
+        )
+
+    def _currents(self, kind: Kind) -> tuple[DeviceCurrent, ...]:
+        return tuple(device_current(s.name, s.values) for s in self.state.of_kind(kind))
+
+    # ------------------------------------------------------------------ persistence
+
+    def saved_state(self) -> SavedState:
+        """What would be written now."""
+        e = self.engine
+        return SavedState(
+            charge_ah=e.counter.charge_ah,
+            last_balanced=e.balancing.last_balanced,
+            balancing_phase=e.balancing.phase.value,
+            feed_in_saved=e.feed_in.saved_value,
+        )
+
+    def _persist_if_due(self, now: float, result: StepResult) -> None:
+        want = self.saved_state()
+        if want == self._saved or (self._save_task is not None and not self._save_task.done()):
+            return
+        old = self._saved
+        urgent = old is None or (
+            (want.last_balanced, want.balancing_phase, want.feed_in_saved)
+            != (old.last_balanced, old.balancing_phase, old.feed_in_saved)
+        )
+        if not urgent and old is not None:
+            installed = result.merged.installed_capacity_ah or 0.0
+            moved = abs((want.charge_ah or 0.0) - (old.charge_ah or 0.0))
+            if moved < self.cfg.soc.save_every_fraction * installed:
+                return
+            if now - self._saved_at < self.cfg.soc.min_save_interval_s:
+                return
+        self._saved_at = now
+        self._save_task = asyncio.ensure_future(self._save(want))
+
+    async def _save(self, want: SavedState) -> None:
+        try:
+            await asyncio.to_thread(self.state_file.save, want)
+        except OSError as exc:
+            log.error("cannot write state file %s: %s", self.state_file.path, exc)
+            return
+        self._saved = want
+        self.counters.state_writes += 1
+
+    async def save_now(self) -> None:
+        """Write the state unconditionally (shutdown)."""
+        if self._save_task is not None:
+            await asyncio.gather(self._save_task, return_exceptions=True)
+        await self._save(self.saved_state())
+
+    # ------------------------------------------------------------------ logging
+
+    def _summary_if_due(self, now: float, result: StepResult, healthy: int, known: int) -> None:
+        interval = self.cfg.service.summary_interval_s
+        if interval <= 0 or now - self._last_summary < interval:
+            return
+        self._last_summary = now
+        v = result.values
+        log.info(
+            "packs %d/%d healthy | %s V %s A SoC %s %% | CVL %s V CCL %.1f A DCL %.1f A | "
+            "cells %s..%s V | bad values %d, missed ticks %d, tick failures %d",
+            healthy, max(known, self.cfg.discovery.expected_count),
+            _fmt(v.get("/Dc/0/Voltage"), 2), _fmt(v.get("/Dc/0/Current"), 1),
+            _fmt(v.get("/Soc"), 1), _fmt(result.limits.cvl_v, 2), result.limits.ccl_a,
+            result.limits.dcl_a, _fmt(v.get("/System/MinCellVoltage"), 3),
+            _fmt(v.get("/System/MaxCellVoltage"), 3), self.counters.bad_values,
+            self.counters.missed_ticks, self.counters.tick_failures,
+        )
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> int:
+        """Tick on absolute monotonic deadlines until stopped; returns the exit code."""
+        period = self.cfg.publish.tick_s
+        loop_time = self.clock
+        deadline = loop_time() + period
+        watchdog = asyncio.ensure_future(self._watchdog())
+        disconnect = asyncio.ensure_future(self._watch_bus())
+        try:
+            while not self.stopping.is_set():
+                delay = deadline - loop_time()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), delay)
+                        break
+                    except TimeoutError:
+                        pass
+                now = loop_time()
+                if now - deadline >= period:
+                    skipped = int((now - deadline) // period)
+                    self.counters.missed_ticks += skipped
+                    deadline += skipped * period
+                deadline += period
+                try:
+                    self.tick()
+                    self.counters.consecutive_failures = 0
+                except Exception:
+                    self.counters.tick_failures += 1
+                    self.counters.consecutive_failures += 1
+                    log.exception(
+                        "tick failed (%d in a row)", self.counters.consecutive_failures
+                    )
+                    if (
+                        self.counters.consecutive_failures
+                        >= self.cfg.service.max_consecutive_failures
+                    ):
+                        log.error("too many failed ticks: exiting so the supervisor restarts us")
+                        self.exit_code = EXIT_FAILURE
+                        break
+        finally:
+            watchdog.cancel()
+            disconnect.cancel()
+        return self.exit_code
+
+    async def _watchdog(self) -> None:
+        # A tick stuck (or the loop blocked) must not leave frozen limits on the bus.
+        limit = self.cfg.service.watchdog_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if self.clock() - self._last_tick_done > limit:
+                log.error("no tick completed for %.0f s: exiting", limit)
+                self.exit_code = EXIT_FAILURE
+                self.stopping.set()
+                return
+
+    async def _watch_bus(self) -> None:
+        try:
+            await self.bus.wait_for_disconnect()
+        except Exception as exc:
+            log.error("D-Bus connection failed: %s", exc)
+        else:
+            log.error("D-Bus connection lost")
+        if not self.stopping.is_set():
+            self.exit_code = EXIT_FAILURE
+            self.stopping.set()
+
+    async def shutdown(self) -> None:
+        """Save state and release the name."""
+        await self.save_now()
+        await self.monitor.stop()
+        if self.bus.connected:
+            try:
+                await asyncio.wait_for(self.service.unregister(), 2.0)
+            except (TimeoutError, _dbus.DBusCallError, Exception) as exc:
+                log.debug("releasing the name failed: %s", exc)
+
+
+def _fmt(value: object, places: int) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.{places}f}"
+    return "--"
+
+
+async def serve(cfg: Config, bus_spec: str, state_dir: str | Path) -> int:
+    """Connect, start, run until SIGTERM/SIGINT or a fatal fault; returns the exit code."""
+    try:
+        bus = await _dbus.connect(bus_spec)
+    except Exception as exc:
+        log.error("cannot connect to the %s bus: %s", bus_spec, exc)
+        return EXIT_FAILURE
+    app = Application(cfg, bus, state_dir=state_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stopping.set)
+    try:
+        await app.start()
+    except NameTakenError as exc:
+        log.error("%s: is another instance running? exiting", exc)
+        bus.disconnect()
+        return EXIT_FAILURE
+    log.info("running with %s", _dbus.LIBRARY)
+    code = await app.run()
+    await app.shutdown()
+    bus.disconnect()
+    log.info("stopped (exit code %d)", code)
+    return code
+
+
+def run_service(cfg: Config, *, bus: str, state_dir: str | None) -> int:
+    """Entry point used by the CLI."""
+    return asyncio.run(serve(cfg, bus, state_dir or cfg.service.state_dir))

@@ -1,0 +1,159 @@
+"""Charge voltage in own-limits mode (pure): periodic balancing, dynamic CVL, PV feed-in request.
+
+Balancing (when the balancing voltage is above the month's normal charge voltage):
+- IDLE: target = normal voltage; becomes ACTIVE when at least ``balancing_repetition_days``
+  calendar days have passed since the last balancing (real dates: leap years and gaps of
+  more than a year count correctly; no saved date means "due");
+- ACTIVE: target = balancing voltage; becomes HOLD when the mean cell voltage has reached the
+  balancing voltage (within ``balancing_tolerance_v``) and the cell spread is below
+  ``cell_diff_max_v``;
+- HOLD: target stays at the balancing voltage (stay full while the sun lasts); back to IDLE,
+  recording today as the last balancing, once the mean cell voltage has sunk to the normal
+  voltage.
+When the normal voltage already reaches the balancing voltage, balancing happens by itself:
+the date is recorded whenever the bank is at the balancing voltage and balanced.
+A saved date in the future (wall clock stepped back) is replaced by today.
+
+Dynamic CVL: while any cell is at or above ``max_cell_voltage_v``, CVL = the lowest, over
+packs, of sum(min(cell, max_cell_voltage_v)) over the pack's cells, never above the target.
+
+Feed-in: on entering such a high-cell episode, request DC-coupled PV feed-in off (ESS ignores
+CCL while it is on) and remember the owner's value; once the episode is over and the cells
+are balanced again, request the remembered value back.  It is an output, never a side effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from enum import Enum
+
+from dbus_aggregate_batteries.config import OwnLimitsConfig
+from dbus_aggregate_batteries.model import Event, PackSnapshot, Severity
+
+
+class BalancePhase(Enum):
+    """Where the periodic balancing state machine is."""
+
+    IDLE = "idle"
+    ACTIVE = "active"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class BalancingState:
+    """Persisted balancing state."""
+
+    phase: BalancePhase = BalancePhase.IDLE
+    last_balanced: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedInState:
+    """The owner's feed-in value while we hold it off (None: we are not holding it)."""
+
+    saved_value: int | None = None
+
+
+def step_balancing(
+    state: BalancingState,
+    cfg: OwnLimitsConfig,
+    *,
+    today: date,
+    mean_cell_v: float | None,
+    cell_diff_v: float | None,
+) -> tuple[BalancingState, float, tuple[Event, ...]]:
+    """Advance the balancing machine for ``today``; return the new state and the cell target."""
+    events: list[Event] = []
+    normal = cfg.charge_cell_voltage_for_month(today.month)
+    bal = cfg.balancing_voltage_v
+    last = state.last_balanced
+    if last is not None and last > today:
+        events.append(
+            Event(
+                Severity.WARNING,
+                "balancing-date",
+                f"last balancing {last.isoformat()} is in the future; using today",
+            )
+        )
+        last = today
+        state = replace(state, last_balanced=today)
+    due = last is None or (today - last).days >= cfg.balancing_repetition_days
+    reached = (
+        mean_cell_v is not None
+        and cell_diff_v is not None
+        and mean_cell_v >= bal - cfg.balancing_tolerance_v
+        and cell_diff_v < cfg.cell_diff_max_v
+    )
+
+    if bal <= normal:
+        if state.phase is not BalancePhase.IDLE:
+            state = replace(state, phase=BalancePhase.IDLE)
+        if reached and (last is None or (today - last).days > 0):
+            state = replace(state, last_balanced=today)
+            events.append(Event(Severity.INFO, "balancing-done", "bank balanced at charge voltage"))
+        return state, normal, tuple(events)
+
+    phase = state.phase
+    if phase is BalancePhase.IDLE and due:
+        phase = BalancePhase.ACTIVE
+        events.append(
+            Event(Severity.INFO, "balancing-start", f"balancing due: charging to {bal:.3f} V/cell")
+        )
+    if phase is BalancePhase.ACTIVE and reached:
+        phase = BalancePhase.HOLD
+        events.append(Event(Severity.INFO, "balancing-reached", "balancing goal reached"))
+    elif phase is BalancePhase.HOLD and mean_cell_v is not None and mean_cell_v <= normal:
+        events.append(Event(Severity.INFO, "balancing-end", "balancing finished"))
+        return BalancingState(BalancePhase.IDLE, today), normal, tuple(events)
+    target = bal if phase is not BalancePhase.IDLE else normal
+    return replace(state, phase=phase), target, tuple(events)
+
+
+def pack_dynamic_cvl(pack: PackSnapshot, max_cell_v: float) -> float | None:
+    """sum(min(cell, max_cell_v)) over the pack's cells, or an estimate when cells are unknown."""
+    if pack.cells and all(c is not None for c in pack.cells):
+        return sum(min(c, max_cell_v) for c in pack.cells if c is not None)
+    base = pack.voltages_sum_v if pack.voltages_sum_v is not None else pack.voltage_v
+    if base is None or pack.max_cell_v is None:
+        return None
+    return base - max(0.0, pack.max_cell_v - max_cell_v)
+
+
+def dynamic_cvl(
+    packs: Sequence[PackSnapshot], cfg: OwnLimitsConfig, target_v: float
+) -> tuple[float, bool]:
+    """Reduce the pack-level target while a cell is high; returns (cvl, episode active)."""
+    high = any(p.max_cell_v is not None and p.max_cell_v >= cfg.max_cell_voltage_v for p in packs)
+    if not high:
+        return target_v, False
+    per_pack = [v for v in (pack_dynamic_cvl(p, cfg.max_cell_voltage_v) for p in packs) if v]
+    return (min([target_v, *per_pack]), True)
+
+
+def step_feed_in(
+    state: FeedInState,
+    *,
+    enabled: bool,
+    high_cell: bool,
+    cell_diff_v: float | None,
+    cell_diff_max_v: float,
+    current_setting: int | None,
+) -> tuple[FeedInState, int | None, tuple[Event, ...]]:
+    """Decide whether to switch DC-coupled feed-in off or back; returns (state, request, events)."""
+    if state.saved_value is None:
+        if enabled and high_cell and current_setting is not None and current_setting != 0:
+            event = Event(
+                Severity.INFO, "feed-in-off", "high cell: DC-coupled PV feed-in switched off"
+            )
+            return FeedInState(current_setting), 0, (event,)
+        return state, None, ()
+    if not high_cell and cell_diff_v is not None and cell_diff_v < cell_diff_max_v:
+        event = Event(
+            Severity.INFO,
+            "feed-in-restore",
+            f"cells balanced: DC-coupled PV feed-in restored to {state.saved_value}",
+        )
+        return FeedInState(None), state.saved_value, (event,)
+    return state, None, ()

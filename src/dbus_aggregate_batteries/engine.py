@@ -1,0 +1,351 @@
+"""One tick of the pure core: packs and auxiliary inputs in, published values and events out.
+
+The shell calls :func:`step` once per tick with the healthy packs' snapshots, the last known
+snapshots of packs that are missing or stale, the auxiliary devices, monotonic time and
+today's date.  Nothing here touches D-Bus, the clock, files or logging.
+
+Degraded operation (fewer healthy packs than expected, or any pack missing/stale):
+- the merge uses the healthy packs only;
+- ``policy: zero`` publishes CCL = DCL = 0;
+- ``policy: derate`` computes the limits from the healthy packs, keeps every missing pack's
+  last known limit in the minimum (so a pack that disappears can never make a limit rise) and
+  scales own-mode limits by healthy/expected;
+- with no healthy pack at all, CCL = DCL = 0 and CVL holds its last value;
+- /Alarms/BmsCable is raised (1 = warning while degraded, 2 = alarm with no healthy pack).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+
+from dbus_aggregate_batteries.aggregate import Merged, merge_packs
+from dbus_aggregate_batteries.charge import (
+    BalancePhase,
+    BalancingState,
+    FeedInState,
+    dynamic_cvl,
+    step_balancing,
+    step_feed_in,
+)
+from dbus_aggregate_batteries.config import Config
+from dbus_aggregate_batteries.current import bank_current
+from dbus_aggregate_batteries.limits import (
+    CurrentLimits,
+    bms_current_limits,
+    bms_cvl,
+    own_current_limits,
+    update_discharge_latch,
+)
+from dbus_aggregate_batteries.model import AuxSnapshot, Event, PackSnapshot, Severity
+from dbus_aggregate_batteries.soc import CounterState, SocOutput, step_counter
+from dbus_aggregate_batteries.venus import ALARM_PATHS, Value
+
+BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """Everything the core remembers between ticks (the shell persists parts of it)."""
+
+    counter: CounterState = field(default_factory=CounterState)
+    balancing: BalancingState = field(default_factory=BalancingState)
+    feed_in: FeedInState = field(default_factory=FeedInState)
+    discharge_latched: bool = False
+    high_cell: bool = False
+    degraded: bool = False
+    last_cvl_v: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The three values DVCC acts on; CVL is None only before any CVL was ever known."""
+
+    cvl_v: float | None
+    ccl_a: float
+    dcl_a: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """Output of one tick."""
+
+    state: EngineState
+    values: dict[str, Value]
+    limits: Limits
+    merged: Merged
+    events: tuple[Event, ...]
+    feed_in_request: int | None = None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _cell_path_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "", label) or "Pack"
+
+
+def _charge_mode(cfg: Config, packs: Sequence[PackSnapshot], state: EngineState) -> str:
+    if cfg.limits.mode == "own":
+        if state.high_cell:
+            return "Dynamic CVL"
+        if state.balancing.phase is BalancePhase.ACTIVE:
+            return "Balancing"
+        if state.balancing.phase is BalancePhase.HOLD:
+            return "Balanced (holding)"
+        return "Normal"
+    modes = [p.charge_mode for p in packs if p.charge_mode]
+    if not modes:
+        return "Unknown"
+    floating = sum(1 for p in packs if p.in_float)
+    if floating == len(packs):
+        return "Float"
+    if floating:
+        return f"Bulk/Absorption ({floating} of {len(packs)} in float)"
+    return modes[0].split(" ")[0]
+
+
+def _derated_bms_limits(
+    cfg: Config, healthy: Sequence[PackSnapshot], missing: Sequence[PackSnapshot]
+) -> tuple[CurrentLimits, tuple[Event, ...]]:
+    limits, events = bms_current_limits(cfg.limits.bms, healthy)
+    if not missing or cfg.limits.bms.currents != "min_times_n":
+        return limits, events
+    # A missing pack may still be connected: its last known limit stays in the minimum.
+    ccls = [p.ccl_a for p in missing if p.ccl_a is not None]
+    dcls = [p.dcl_a for p in missing if p.dcl_a is not None]
+    n = len([p for p in healthy if p.ccl_a is not None])
+    m = len([p for p in healthy if p.dcl_a is not None])
+    ccl = min([limits.ccl_a, *(c * n for c in ccls)]) if n else 0.0
+    dcl = min([limits.dcl_a, *(d * m for d in dcls)]) if m else 0.0
+    return CurrentLimits(ccl, dcl), events
+
+
+def step(
+    cfg: Config,
+    state: EngineState,
+    healthy: Sequence[PackSnapshot],
+    aux: AuxSnapshot,
+    *,
+    now_s: float,
+    today: date,
+    missing: Sequence[PackSnapshot] = (),
+    expected_count: int = 0,
+) -> StepResult:
+    """Compute everything the virtual battery publishes for this tick."""
+    events: list[Event] = []
+    merged = merge_packs(healthy)
+    expected = max(expected_count, len(healthy) + len(missing))
+    degraded = len(healthy) < expected
+    if degraded != state.degraded:
+        events.append(
+            Event(
+                Severity.WARNING if degraded else Severity.INFO,
+                "degraded" if degraded else "recovered",
+                f"{len(healthy)} of {expected} packs healthy"
+                + ("; limits derated" if degraded else "; normal operation"),
+            )
+        )
+
+    current, ev = bank_current(cfg.current, merged, aux)
+    events.extend(ev)
+
+    # Own Coulomb counter (always runs so switching source keeps a warm counter).
+    counter, soc_out, ev = step_counter(
+        state.counter,
+        cfg.soc,
+        now_s=now_s,
+        current_a=current.current_a,
+        installed_ah=merged.installed_capacity_ah,
+        bms_soc_pct=merged.soc_pct,
+        max_cell_v=merged.max_cell_v,
+        min_cell_v=merged.min_cell_v,
+    )
+    if cfg.soc.source == "own":
+        events.extend(ev)
+    else:
+        soc_out = SocOutput(
+            soc_pct=merged.soc_pct,
+            capacity_ah=merged.capacity_ah,
+            consumed_ah=merged.consumed_ah,
+            time_to_go_s=merged.time_to_go_s,
+            time_to_full_s=None,
+        )
+
+    balancing = state.balancing
+    feed_in = state.feed_in
+    feed_in_request: int | None = None
+    high_cell = False
+    latched = state.discharge_latched
+    n_cells = merged.cells_per_battery
+    if cfg.limits.mode == "own":
+        own = cfg.limits.own
+        mean_cell = (
+            merged.voltage_v / n_cells if merged.voltage_v is not None and n_cells else None
+        )
+        balancing, target_cell, ev = step_balancing(
+            balancing, own, today=today, mean_cell_v=mean_cell, cell_diff_v=merged.cell_diff_v
+        )
+        events.extend(ev)
+        cvl: float | None = None
+        if n_cells:
+            cvl, high_cell = dynamic_cvl(healthy, own, target_cell * n_cells)
+        if high_cell != state.high_cell:
+            events.append(
+                Event(
+                    Severity.INFO,
+                    "high-cell" if high_cell else "high-cell-end",
+                    f"highest cell {merged.max_cell_id} at {merged.max_cell_v}: dynamic CVL"
+                    if high_cell
+                    else "no cell above the maximum any more",
+                )
+            )
+        feed_in, feed_in_request, ev = step_feed_in(
+            feed_in,
+            enabled=own.disable_feed_in_on_high_cell,
+            high_cell=high_cell,
+            cell_diff_v=merged.cell_diff_v,
+            cell_diff_max_v=own.cell_diff_max_v,
+            current_setting=aux.feed_in_setting,
+        )
+        events.extend(ev)
+        latched = update_discharge_latch(latched, merged.min_cell_v, own)
+        max_cell = merged.max_cell_v
+        if missing:
+            known = [p.max_cell_v for p in missing if p.max_cell_v is not None]
+            if known and max_cell is not None:
+                max_cell = max([max_cell, *known])
+        currents, ev = own_current_limits(
+            own, healthy, max_cell_v=max_cell, min_cell_v=merged.min_cell_v,
+            discharge_latched=latched,
+        )
+        events.extend(ev)
+        if degraded and expected:
+            scale = len(healthy) / expected
+            currents = CurrentLimits(currents.ccl_a * scale, currents.dcl_a * scale)
+        low_voltage = own.min_cell_voltage_v * n_cells if n_cells else None
+    else:
+        cvl = bms_cvl(cfg.limits.bms, healthy)
+        currents, ev = _derated_bms_limits(cfg, healthy, missing)
+        events.extend(ev)
+        lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
+        low_voltage = max(lows) if lows else None
+
+    if degraded and cfg.fault.policy == "zero":
+        currents = CurrentLimits(0.0, 0.0)
+    if not healthy:
+        currents = CurrentLimits(0.0, 0.0)
+    cap_c, cap_d = cfg.limits.max_charge_current_a, cfg.limits.max_discharge_current_a
+    currents = CurrentLimits(
+        min(currents.ccl_a, cap_c) if cap_c is not None else currents.ccl_a,
+        min(currents.dcl_a, cap_d) if cap_d is not None else currents.dcl_a,
+    )
+    cvl = _finite(cvl)
+    if cvl is None:
+        cvl = state.last_cvl_v
+    limits = Limits(cvl, _finite(currents.ccl_a) or 0.0, _finite(currents.dcl_a) or 0.0)
+
+    new_state = EngineState(
+        counter=counter,
+        balancing=balancing,
+        feed_in=feed_in,
+        discharge_latched=latched,
+        high_cell=high_cell,
+        degraded=degraded,
+        last_cvl_v=cvl,
+    )
+    values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
+    alarms = list(merged.alarms)
+    if degraded:
+        level = 2 if not healthy else 1
+        alarms[BMS_CABLE_INDEX] = max(alarms[BMS_CABLE_INDEX] or 0, level)
+    for path, alarm in zip(ALARM_PATHS, alarms, strict=True):
+        values[path] = alarm
+    values.update(
+        {
+            "/Info/MaxChargeVoltage": limits.cvl_v,
+            "/Info/MaxChargeCurrent": limits.ccl_a,
+            "/Info/MaxDischargeCurrent": limits.dcl_a,
+            "/Info/BatteryLowVoltage": low_voltage,
+            "/Info/ChargeMode": _charge_mode(cfg, healthy, new_state),
+            "/Io/AllowToCharge": 0 if limits.ccl_a <= 0.0 else (merged.allow_to_charge or 1),
+            "/Io/AllowToDischarge": 0 if limits.dcl_a <= 0.0 else (merged.allow_to_discharge or 1),
+            "/Io/AllowToBalance": merged.allow_to_balance,
+            "/System/NrOfBatteries": len(healthy),
+            "/System/BatteriesParallel": len(healthy),
+            "/System/NrOfModulesOnline": len(healthy),
+            "/System/NrOfModulesOffline": expected - len(healthy),
+        }
+    )
+    return StepResult(
+        state=new_state,
+        values=values,
+        limits=limits,
+        merged=merged,
+        events=tuple(events),
+        feed_in_request=feed_in_request,
+    )
+
+
+def _publish_values(
+    cfg: Config,
+    merged: Merged,
+    packs: Sequence[PackSnapshot],
+    current_a: float | None,
+    power_w: float | None,
+    soc: SocOutput,
+) -> dict[str, Value]:
+    values: dict[str, Value] = {
+        "/Dc/0/Voltage": merged.voltage_v,
+        "/Dc/0/Current": current_a,
+        "/Dc/0/Power": power_w,
+        "/Dc/0/Temperature": merged.temperature_c,
+        "/Soc": soc.soc_pct,
+        "/Capacity": soc.capacity_ah,
+        "/InstalledCapacity": merged.installed_capacity_ah,
+        "/ConsumedAmphours": soc.consumed_ah,
+        "/TimeToGo": soc.time_to_go_s,
+        "/TimeToSoC/100": soc.time_to_full_s,
+        "/System/MaxCellTemperature": merged.max_cell_temp_c,
+        "/System/MaxTemperatureCellId": merged.max_temp_id,
+        "/System/MinCellTemperature": merged.min_cell_temp_c,
+        "/System/MinTemperatureCellId": merged.min_temp_id,
+        "/System/MaxCellVoltage": merged.max_cell_v,
+        "/System/MaxVoltageCellId": merged.max_cell_id,
+        "/System/MinCellVoltage": merged.min_cell_v,
+        "/System/MinVoltageCellId": merged.min_cell_id,
+        "/System/NrOfCellsPerBattery": merged.cells_per_battery,
+        "/System/NrOfModulesBlockingCharge": merged.blocking_charge,
+        "/System/NrOfModulesBlockingDischarge": merged.blocking_discharge,
+        "/Voltages/Sum": merged.voltages_sum_v,
+        "/Voltages/Diff": merged.cell_diff_v,
+        "/Balancing": merged.balancing,
+    }
+    if cfg.publish.send_cell_voltages:
+        for pack in packs:
+            name = _cell_path_name(pack.label)
+            for i, cell in enumerate(pack.cells, start=1):
+                values[f"/Voltages/{name}_Cell{i}"] = cell
+    for path, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            values[path] = None
+    return values
+
+
+def restore_state(
+    counter_charge_ah: float | None,
+    last_balanced: date | None,
+    phase: BalancePhase = BalancePhase.IDLE,
+    feed_in_saved: int | None = None,
+) -> EngineState:
+    """Rebuild the engine state from what the shell persisted."""
+    return replace(
+        EngineState(),
+        counter=CounterState(counter_charge_ah, None),
+        balancing=BalancingState(phase, last_balanced),
+        feed_in=FeedInState(feed_in_saved),
+    )

@@ -1,0 +1,155 @@
+"""In-memory model of the services we read: plain Python values plus monotonic timestamps.
+
+Fed by the D-Bus adapter (discovery) with already-unwrapped values; read by the tick.  No D-Bus
+types, no asyncio, no logging: unit-testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from dbus_aggregate_batteries.model import BadValue, PackSnapshot, pack_from_values
+from dbus_aggregate_batteries.venus import Value
+
+
+class Kind(Enum):
+    """What a service is to us."""
+
+    CANDIDATE = "candidate"  # not classified yet (waiting for /ProductName)
+    PACK = "pack"
+    BATTERY_SHUNT = "battery-shunt"
+    DCLOAD_SHUNT = "dcload-shunt"
+    MULTI = "multi"
+    SOLAR = "solar"
+    SETTINGS = "settings"
+    IGNORED = "ignored"
+
+
+@dataclass(slots=True, eq=False)
+class ServiceState:
+    """Last known values of one service and when they last changed."""
+
+    name: str
+    owner: str
+    kind: Kind = Kind.CANDIDATE
+    values: dict[str, Value] = field(default_factory=dict)
+    signalled: set[str] = field(default_factory=set)
+    first_seen_s: float = 0.0
+    last_signal_s: float | None = None
+    last_scan_s: float | None = None
+    version: int = 0
+    emits_items: bool = False
+    probe_failed: bool = False
+    _snapshot: tuple[int, str, PackSnapshot, tuple[BadValue, ...]] | None = None
+
+    def apply_signal(self, changes: Mapping[str, Value], now_s: float) -> None:
+        """Values from ItemsChanged/PropertiesChanged: always authoritative."""
+        values = self.values
+        changed = False
+        for path, value in changes.items():
+            if values.get(path, _MISSING) != value or path not in values:
+                values[path] = value
+                changed = True
+            self.signalled.add(path)
+        self.last_signal_s = now_s
+        self.probe_failed = False
+        if changed:
+            self.version += 1
+
+    def apply_one(self, path: str, value: Value, now_s: float) -> None:
+        """One PropertiesChanged value (the hot path: no dict building)."""
+        values = self.values
+        self.last_signal_s = now_s
+        self.probe_failed = False
+        if path in values and values[path] == value and type(values[path]) is type(value):
+            self.signalled.add(path)
+            return
+        values[path] = value
+        self.signalled.add(path)
+        self.version += 1
+
+    def apply_scan(self, items: Mapping[str, Value], now_s: float) -> None:
+        """Values from a GetItems scan: never overwrite a value already received by signal."""
+        changed = False
+        for path, value in items.items():
+            if path in self.signalled:
+                continue
+            if self.values.get(path, _MISSING) != value:
+                self.values[path] = value
+                changed = True
+        self.last_scan_s = now_s
+        if changed:
+            self.version += 1
+
+    def has_paths(self, paths: tuple[str, ...]) -> bool:
+        """Whether every one of ``paths`` has been seen (with any value)."""
+        return all(p in self.values for p in paths)
+
+    def label(self, name_path: str) -> str:
+        """The pack's name in cell ids and logs: the configured path, /Serial, or the tty.
+
+        serialbattery v0.14 defaults /CustomName to the product name, which names every pack
+        alike; such a value is skipped.
+        """
+        product = self.values.get("/ProductName")
+        for path in (name_path, "/CustomName", "/Serial"):
+            value = self.values.get(path)
+            if isinstance(value, str) and value.strip() and value != product:
+                return value.strip()
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def identity(self) -> str:
+        """A key that survives a tty rename: the BMS serial when published, else the name."""
+        serial = self.values.get("/Serial")
+        return f"serial:{serial}" if isinstance(serial, str) and serial else self.name
+
+    def snapshot(self, name_path: str) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
+        """A trusted snapshot; rebuilt only when a value or the label changed."""
+        label = self.label(name_path)
+        cached = self._snapshot
+        if cached is not None and cached[0] == self.version and cached[1] == label:
+            return cached[2], ()
+        snap, bad = pack_from_values(self.name, label, self.values)
+        self._snapshot = (self.version, label, snap, bad)
+        return snap, bad
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+class BusState:
+    """All services we track, by well-known name and by unique owner name."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceState] = {}
+        self.by_owner: dict[str, list[ServiceState]] = {}
+
+    def add(self, name: str, owner: str, now_s: float) -> ServiceState:
+        """Start tracking a service (replacing an older owner of the same name)."""
+        self.remove(name)
+        svc = ServiceState(name=name, owner=owner, first_seen_s=now_s)
+        self.services[name] = svc
+        self.by_owner.setdefault(owner, []).append(svc)
+        return svc
+
+    def remove(self, name: str) -> ServiceState | None:
+        """Stop tracking a service; returns it so its last values can be kept."""
+        svc = self.services.pop(name, None)
+        if svc is not None:
+            lst = self.by_owner.get(svc.owner, [])
+            if svc in lst:
+                lst.remove(svc)
+            if not lst:
+                self.by_owner.pop(svc.owner, None)
+        return svc
+
+    def of_kind(self, kind: Kind) -> list[ServiceState]:
+        """Services of one kind, sorted by name for a stable order."""
+        return sorted((s for s in self.services.values() if s.kind is kind), key=lambda s: s.name)
