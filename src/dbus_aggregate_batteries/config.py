@@ -9,8 +9,9 @@ reason for each, so the CLI can print them and exit 2 before touching the bus.
 from __future__ import annotations
 
 import math
-from itertools import pairwise
+import reprlib
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,7 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_cell_voltage_v": 2.90,
         "min_cell_hysteresis_v": 0.10,
         "balancing_voltage_v": 3.40,
-        "charge_cell_voltage_v": [3.55, 3.50, 3.50, 3.45, 3.40, 3.40, 3.40, 3.40, 3.45, 3.50, 3.50, 3.55],
+        "charge_cell_voltage_v": [
+            3.55, 3.50, 3.50, 3.45, 3.40, 3.40, 3.40, 3.40, 3.45, 3.50, 3.50, 3.55
+        ],
         "cell_diff_max_v": 0.025,
         "soc_full_cell_voltage_v": 3.45,
         "soc_empty_cell_voltage_v": 2.90,
@@ -42,7 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_cell_voltage_v": 1.90,
         "min_cell_hysteresis_v": 0.30,
         "balancing_voltage_v": 2.50,
-        "charge_cell_voltage_v": [2.50, 2.45, 2.45, 2.40, 2.35, 2.35, 2.35, 2.35, 2.40, 2.45, 2.45, 2.50],
+        "charge_cell_voltage_v": [
+            2.50, 2.45, 2.45, 2.40, 2.35, 2.35, 2.35, 2.35, 2.40, 2.45, 2.45, 2.50
+        ],
         "cell_diff_max_v": 0.025,
         "soc_full_cell_voltage_v": 2.50,
         "soc_empty_cell_voltage_v": 1.90,
@@ -69,15 +75,18 @@ class DiscoveryConfig(_Base):
     """Which D-Bus services are packs, shunts, inverter/chargers and solar chargers."""
 
     battery_service_prefix: str = Field("com.victronenergy.battery", min_length=1)
-    battery_product_names: list[str] = Field(default_factory=lambda: ["SerialBattery"], min_length=1)
+    battery_product_names: list[str] = Field(
+        default_factory=lambda: ["SerialBattery"], min_length=1
+    )
     exclude_services: list[str] = Field(default_factory=list)
     exclude_serials: list[str] = Field(default_factory=list)
     name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$")
     expected_count: int = Field(0, ge=0, le=64)
     smartshunt_product_names: list[str] = Field(default_factory=lambda: ["SmartShunt"])
     dcload_service_prefix: str = Field("com.victronenergy.dcload", min_length=1)
-    multi_service_prefix: str = Field("com.victronenergy.vebus")
-    solarcharger_service_prefix: str = Field("com.victronenergy.solarcharger")
+    # An empty prefix would match every service; "no Multi" is ``current.use_multi: false``.
+    multi_service_prefix: str = Field("com.victronenergy.vebus", min_length=1)
+    solarcharger_service_prefix: str = Field("com.victronenergy.solarcharger", min_length=1)
     rescan_interval_s: float = Field(2.0, ge=0.1, le=600)
 
     @field_validator("battery_product_names", "smartshunt_product_names")
@@ -85,6 +94,13 @@ class DiscoveryConfig(_Base):
     def _non_empty_keywords(cls, value: list[str]) -> list[str]:
         if any(not item for item in value):
             raise ValueError("keywords must not be empty strings (an empty keyword matches all)")
+        return value
+
+    @field_validator("exclude_services", "exclude_serials")
+    @classmethod
+    def _non_empty_excludes(cls, value: list[str]) -> list[str]:
+        if any(not item for item in value):
+            raise ValueError("entries must not be empty strings")
         return value
 
 
@@ -98,17 +114,27 @@ class CurrentConfig(_Base):
     invert_smartshunts: bool = False
     fallback_to_bms: bool = True
 
-    @field_validator("smartshunts")
+    @field_validator("smartshunts", mode="before")
     @classmethod
     def _shunt_items(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            for item in value:
-                if isinstance(item, bool):
-                    raise ValueError("list items must be VRM instances (int) or names (str)")
-                if isinstance(item, int) and not 0 <= item <= 1023:
-                    raise ValueError("a VRM instance must be in 0..1023")
-                if isinstance(item, str) and not item:
-                    raise ValueError("a shunt name must not be empty")
+        # Checked before the union so that one mistake gives one clear line, not one per branch.
+        if isinstance(value, bool):
+            raise ValueError("write 'all' or 'none' (or a list of shunts), not true/false")
+        if isinstance(value, str):
+            if value not in ("none", "all"):
+                raise ValueError("must be 'none', 'all' or a list of VRM instances / names")
+            return value
+        if not isinstance(value, list):
+            raise ValueError("must be 'none', 'all' or a list of VRM instances / names")
+        for index, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise ValueError(
+                    f"item {index}: list items must be VRM instances (int) or names (str)"
+                )
+            if isinstance(item, int) and not 0 <= item <= 1023:
+                raise ValueError(f"item {index}: a VRM instance must be in 0..1023")
+            if isinstance(item, str) and not item:
+                raise ValueError(f"item {index}: a shunt name must not be empty")
         return value
 
 
@@ -125,11 +151,15 @@ class SocConfig(_Base):
     min_save_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
     time_to_go_min_current_a: float = Field(0.1, ge=0.0, le=1000.0)
 
-    @model_validator(mode="after")
-    def _order(self) -> SocConfig:
-        if self.empty_cell_voltage_v >= self.full_cell_voltage_v:
-            raise ValueError("empty_cell_voltage_v must be below full_cell_voltage_v")
-        return self
+    @field_validator("empty_cell_voltage_v")
+    @classmethod
+    def _order(cls, value: float, info: ValidationInfo) -> float:
+        # A field validator (not a model validator) so that it runs, and names this key, even
+        # when another key of the section is broken.
+        full = info.data.get("full_cell_voltage_v")
+        if full is not None and value >= full:
+            raise ValueError(f"must be below soc.full_cell_voltage_v ({full:g} V)")
+        return value
 
 
 class Table(_Base):
@@ -138,18 +168,33 @@ class Table(_Base):
     cell_voltage_v: list[float] = Field(min_length=2, max_length=20)
     factor: list[float] = Field(min_length=2, max_length=20)
 
-    @model_validator(mode="after")
-    def _shape(self) -> Table:
-        xs, ys = self.cell_voltage_v, self.factor
-        if len(xs) != len(ys):
-            raise ValueError("cell_voltage_v and factor must have the same length")
-        if any(not (0.5 <= x <= 5.0) or not math.isfinite(x) for x in xs):
-            raise ValueError("cell_voltage_v entries must be within 0.5..5.0 V")
-        if any(b <= a for a, b in pairwise(xs)):
-            raise ValueError("cell_voltage_v must be strictly ascending")
-        if any(not (0.0 <= y <= 1.0) or not math.isfinite(y) for y in ys):
-            raise ValueError("factor entries must be within 0..1")
-        return self
+    # Field validators rather than one model validator: each problem is reported against the
+    # list it is about, and all of them at once.
+    @field_validator("cell_voltage_v")
+    @classmethod
+    def _voltages(cls, xs: list[float]) -> list[float]:
+        for index, x in enumerate(xs):
+            if not math.isfinite(x) or not 0.5 <= x <= 5.0:
+                raise ValueError(f"item {index}: entries must be within 0.5..5.0 V")
+        for index, (a, b) in enumerate(pairwise(xs)):
+            if b <= a:
+                raise ValueError(
+                    f"must be strictly ascending (item {index + 1}: {b:g} after {a:g})"
+                )
+        return xs
+
+    @field_validator("factor")
+    @classmethod
+    def _factors(cls, ys: list[float], info: ValidationInfo) -> list[float]:
+        for index, y in enumerate(ys):
+            if not math.isfinite(y) or not 0.0 <= y <= 1.0:
+                raise ValueError(f"item {index}: entries must be within 0..1")
+        xs = info.data.get("cell_voltage_v")
+        if xs is not None and len(xs) != len(ys):
+            raise ValueError(
+                f"has {len(ys)} entries but cell_voltage_v has {len(xs)}; they must match"
+            )
+        return ys
 
 
 class BmsLimitsConfig(_Base):
@@ -176,27 +221,53 @@ class OwnLimitsConfig(_Base):
     discharge_table: Table
     disable_feed_in_on_high_cell: bool = True
 
-    @field_validator("charge_cell_voltage_v")
+    @field_validator("charge_cell_voltage_v", mode="before")
     @classmethod
-    def _monthly(cls, value: float | list[float]) -> float | list[float]:
-        values = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and len(value) != 12:
-            raise ValueError(f"a list needs exactly 12 monthly values (Jan..Dec), got {len(value)}")
-        for v in values:
+    def _monthly(cls, value: Any) -> Any:
+        # Checked before the float|list union so that one mistake gives one clear line.
+        if isinstance(value, list):
+            if len(value) != 12:
+                raise ValueError(
+                    f"a list needs exactly 12 monthly values (Jan..Dec), this one has {len(value)}"
+                )
+            values = value
+        elif _is_number(value):
+            values = [value]
+        else:
+            raise ValueError("must be a number or a list of 12 monthly numbers (V per cell)")
+        for index, v in enumerate(values):
+            where = f"item {index}: " if isinstance(value, list) else ""
+            if not _is_number(v):
+                raise ValueError(f"{where}must be a number (got {_short_repr(v)})")
             if not math.isfinite(v) or not 0.5 <= v <= 5.0:
-                raise ValueError("charge voltages must be within 0.5..5.0 V per cell")
+                raise ValueError(f"{where}must be a finite number within 0.5..5.0 V per cell")
         return value
 
-    @model_validator(mode="after")
-    def _order(self) -> OwnLimitsConfig:
-        if not self.min_cell_voltage_v < self.balancing_voltage_v <= self.max_cell_voltage_v:
+    # Cross-key checks are field validators on the later key (fields validate in order and
+    # ``info.data`` holds the earlier ones that passed): they run, and name a key, even when
+    # another key of the section is broken, which a model validator would not.
+    @field_validator("min_cell_hysteresis_v")
+    @classmethod
+    def _hysteresis_order(cls, value: float, info: ValidationInfo) -> float:
+        vmin = info.data.get("min_cell_voltage_v")
+        vmax = info.data.get("max_cell_voltage_v")
+        if vmin is not None and vmax is not None and vmin + value >= vmax:
             raise ValueError(
-                "cell voltages must satisfy min_cell_voltage_v < balancing_voltage_v"
-                " <= max_cell_voltage_v"
+                f"limits.own.min_cell_voltage_v + this ({vmin:g} + {value:g} V) must stay"
+                f" below limits.own.max_cell_voltage_v ({vmax:g} V)"
             )
-        if self.min_cell_voltage_v + self.min_cell_hysteresis_v >= self.max_cell_voltage_v:
-            raise ValueError("min_cell_voltage_v + min_cell_hysteresis_v must stay below max")
-        return self
+        return value
+
+    @field_validator("balancing_voltage_v")
+    @classmethod
+    def _balancing_order(cls, value: float, info: ValidationInfo) -> float:
+        vmin = info.data.get("min_cell_voltage_v")
+        vmax = info.data.get("max_cell_voltage_v")
+        if vmin is not None and value <= vmin:
+            raise ValueError(f"must be above limits.own.min_cell_voltage_v ({vmin:g} V)")
+        if vmax is not None and value > vmax:
+            raise ValueError(f"must not exceed limits.own.max_cell_voltage_v ({vmax:g} V)")
+        return value
 
     def charge_cell_voltage_for_month(self, month: int) -> float:
         """Normal per-cell charge voltage for a month 1..12."""
@@ -276,7 +347,7 @@ class Config(_Base):
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        return apply_preset(data)
+        return apply_preset(_empty_sections(data))
 
 
 RESERVED_PRODUCT_IDS = frozenset(
@@ -291,6 +362,43 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlist = 6
+_REPR.maxtuple = 6
+_REPR.maxset = 6
+_REPR.maxdict = 4
+_REPR.maxlevel = 2
+
+
+def _short_repr(value: Any) -> str:
+    # Bounded in time and length, even for huge or self-referencing YAML values.
+    return _REPR.repr(value)
+
+
+_SECTIONS = ("discovery", "current", "soc", "limits", "publish", "fault", "service", "logging")
+
+
+def _empty_sections(data: Mapping[str, Any]) -> dict[str, Any]:
+    # In YAML a section whose keys are all commented out is null; treat it as empty, i.e. all
+    # defaults, instead of rejecting it.
+    out = dict(data)
+    for key in _SECTIONS:
+        if key in out and out[key] is None:
+            out[key] = {}
+    limits = out.get("limits")
+    if isinstance(limits, Mapping) and any(limits.get(k, 0) is None for k in ("bms", "own")):
+        out["limits"] = {
+            k: ({} if k in ("bms", "own") and v is None else v) for k, v in limits.items()
+        }
+    return out
 
 
 def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,40 +456,147 @@ def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _UNION_BRANCHES = frozenset({"int", "str", "float", "bool"})
+# Error types whose last location item is a key written in the file, shown verbatim.
+_KEY_ERRORS = frozenset({"extra_forbidden", "invalid_key"})
+
+# Keys the chemistry preset fills (or derives) when the file leaves them out.
+_OWN_PRESET_KEYS = (
+    "max_cell_voltage_v",
+    "min_cell_voltage_v",
+    "min_cell_hysteresis_v",
+    "balancing_voltage_v",
+    "charge_cell_voltage_v",
+    "cell_diff_max_v",
+)
+_PRESET_FILLED: frozenset[tuple[str, ...]] = frozenset(
+    {("soc",), ("limits",), ("limits", "own")}
+    | {("soc", "full_cell_voltage_v"), ("soc", "empty_cell_voltage_v")}
+    | {("limits", "own", key) for key in (*_OWN_PRESET_KEYS, "charge_table", "discharge_table")}
+)
+_TABLE_SOURCES: dict[str, tuple[str, ...]] = {
+    "charge_table": ("min_cell_voltage_v", "balancing_voltage_v", "max_cell_voltage_v"),
+    "discharge_table": ("min_cell_voltage_v",),
+}
+_TABLE_HINTS = {
+    "charge_table": (
+        "; this default table is derived from limits.own.min_cell_voltage_v (+0, +0.05),"
+        " balancing_voltage_v (-0.1, +0) and max_cell_voltage_v: keep balancing below max and"
+        " more than 0.15 V above min, or set limits.own.charge_table yourself"
+    ),
+    "discharge_table": (
+        "; this default table is derived from limits.own.min_cell_voltage_v (+0, +0.1, +0.2):"
+        " lower min_cell_voltage_v or set limits.own.discharge_table yourself"
+    ),
+}
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def _clean_loc(loc: tuple[Any, ...], error_type: str) -> tuple[Any, ...]:
+    # pydantic names union branches in the location; they are noise to a user.  The last item
+    # of an unknown-key error is the user's own key and is kept whatever it looks like.
+    last = len(loc) - 1
+    kept: list[Any] = []
+    for index, item in enumerate(loc):
+        if index == last and error_type in _KEY_ERRORS:
+            kept.append(item if isinstance(item, str) else str(item))
+        elif isinstance(item, int):
+            kept.append(item)
+        elif not isinstance(item, str):
+            kept.append(str(item))
+        elif item in _UNION_BRANCHES or "[" in item or item.startswith("function-"):
+            continue
+        else:
+            kept.append(item)
+    return tuple(kept)
+
+
+def _format_clean_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in _UNION_BRANCHES or "[" in item or item.startswith("function-"):
-            # pydantic names union branches in the location; they are noise to a user.
-            continue
         else:
             parts.append(("." if parts else "") + item)
     return "".join(parts) or "(top level)"
 
 
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return _format_clean_loc(_clean_loc(loc, ""))
+
+
+def _error_line(loc: tuple[Any, ...], err: Any) -> str:
+    error_type = err["type"]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if error_type == "extra_forbidden":
+        msg = "unknown key"
+    elif error_type == "missing":
+        msg = "required key is missing"
+    elif error_type == "invalid_key":
+        msg = "keys must be text"
+    line = f"{_format_clean_loc(loc)}: {msg}"
+    if "input" in err and error_type not in ("extra_forbidden", "missing"):
+        shown = _short_repr(err["input"])
+        if len(shown) <= 60:
+            line += f" (got {shown})"
+    return line
+
+
 def errors_from_validation(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into ``key.path: reason`` lines, one per distinct problem."""
+    return _problem_lines(exc, None)
+
+
+def _given(data: Any, path: tuple[Any, ...]) -> bool:
+    node = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _problem_lines(exc: ValidationError, data: Mapping[str, Any] | None) -> list[str]:
+    """Error lines; with the raw ``data``, minus the ones that only follow from another error."""
+    errors = [
+        (_clean_loc(tuple(err["loc"]), err["type"]), err)
+        for err in exc.errors(include_url=False)
+    ]
+    raw = _empty_sections(data) if data is not None else None
+
+    def derived_table(loc: tuple[Any, ...]) -> str | None:
+        # The name of the preset-derived table this error is about, if it is about one.
+        if raw is None or len(loc) < 3 or loc[:2] != ("limits", "own"):
+            return None
+        table = loc[2]
+        if table not in _TABLE_SOURCES or _given(raw, ("limits", "own", table)):
+            return None
+        return str(table)
+
+    bad_keys = {loc[:3] for loc, _ in errors}
     lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        loc = _format_loc(tuple(err["loc"]))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        msg = msg.removeprefix("Value error, ")
-        line = f"{loc}: {msg}"
-        if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
-            shown = repr(err["input"])
-            if len(shown) <= 40:
-                line += f" (got {shown})"
+    consequences: list[str] = []
+    for loc, err in errors:
+        line = _error_line(loc, err)
+        table = derived_table(loc)
+        if table is not None:
+            # A derived table is wrong because its sources are: report those, or explain.
+            if any(("limits", "own", key) in bad_keys for key in _TABLE_SOURCES[table]):
+                consequences.append(line)
+                continue
+            if err["type"] != "missing":
+                line += _TABLE_HINTS[table]
+        if (
+            raw is not None
+            and err["type"] == "missing"
+            and loc in _PRESET_FILLED
+            and not _given(raw, loc)
+        ):
+            # The preset could not fill this key because of another error (a bad chemistry,
+            # or a broken voltage that the tables derive from).
+            consequences.append(line)
+            continue
         if line not in lines:
             lines.append(line)
-    return lines
+    return lines or consequences
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -393,19 +608,61 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, errors_from_validation(exc)) from None
+        raise ConfigError(source, _problem_lines(exc, data)) from None
+    except RecursionError:
+        raise ConfigError(source, ["(top level): the document is nested too deeply"]) from None
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reports bad tagged values with a position."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError):
+            # e.g. "2024-13-45" (read as a date), "!!int abc", "!!bool maybe": PyYAML's
+            # constructors raise plain exceptions for these.
+            shown = _short_repr(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown} as {node.tag}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {_short_repr(key)} (the earlier one would be ignored)",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_config_text(text: str, source: str = "<config>") -> Config:
     """Parse YAML text and validate it; syntax errors carry the line and column."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
+        mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(source, [f"YAML syntax error at {where}: {exc.problem}"]) from None
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(source, [f"YAML syntax error at {where}: {what}"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"YAML error: {exc}"]) from None
+        raise ConfigError(source, [f"YAML error: {' '.join(str(exc).split())}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["YAML error: the document is nested too deeply"]) from None
     return parse_config(data, source)
 
 

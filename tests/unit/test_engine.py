@@ -368,7 +368,7 @@ def test_bms_cvl_min_and_float_aware() -> None:
 def test_dynamic_cvl_reduces_to_sum_of_capped_cells() -> None:
     own = config(limits={"mode": "own"}).limits.own  # max cell 3.45
     a = pack("A", cell_list=[3.40] * 14 + [3.50, 3.60])
-    b = pack("B", cell_list=[3.40] * 16)
+    b = pack("B", cell_list=[3.42] * 16)
     target = 16 * 3.55
     cvl, active = dynamic_cvl([a, b], own, target)
     assert active
@@ -505,8 +505,9 @@ def test_step_own_mode_lto_preset() -> None:
 def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
     cfg = config(limits={"mode": "own"})
     a = pack("A", cell_list=[3.40] * 15 + [3.50])
-    res = step(cfg, EngineState(balancing=BalancingState(last_balanced=TODAY)), [a],
-               AuxSnapshot(feed_in_setting=1), now_s=1.0, today=TODAY)
+    january = date(2026, 1, 15)  # normal target 3.55 V/cell, above the reduced CVL
+    res = step(cfg, EngineState(balancing=BalancingState(last_balanced=january)), [a],
+               AuxSnapshot(feed_in_setting=1), now_s=1.0, today=january)
     assert res.feed_in_request == 0
     assert res.state.feed_in.saved_value == 1
     assert res.values["/Info/MaxChargeVoltage"] == pytest.approx(15 * 3.40 + 3.45)
