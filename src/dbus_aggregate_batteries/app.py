@@ -406,7 +406,8 @@ class Application:
 
     async def _watch_bus(self) -> None:
         try:
-            await self.bus.wait_for_disconnect()
+            # Shielded: cancelling this watcher must not cancel the library's shared future.
+            await asyncio.shield(self.bus.wait_for_disconnect())
         except Exception as exc:
             log.error("D-Bus connection failed: %s", exc)
         else:
@@ -447,12 +448,12 @@ async def serve(cfg: Config, bus_spec: str, state_dir: str | Path) -> int:
         await app.start()
     except NameTakenError as exc:
         log.error("%s: is another instance running? exiting", exc)
-        bus.disconnect()
+        await _dbus.disconnect(bus)
         return EXIT_FAILURE
     log.info("running with %s", _dbus.LIBRARY)
     code = await app.run()
     await app.shutdown()
-    bus.disconnect()
+    await _dbus.disconnect(bus)
     log.info("stopped (exit code %d)", code)
     return code
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo.sh and scripts/test.sh on a fresh Debian machine:
+# Debian's dbus-daemon (for the private test/demo bus) and a virtualenv with the package.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: Python >= 3.11 is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
+
+if ! command -v dbus-daemon >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing Debian's dbus package (for dbus-daemon)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus >/dev/null
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo apt-get update -qq
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus
+    else
+        echo "setup: dbus-daemon is missing: run 'sudo apt-get install dbus', then try again" >&2
+        exit 1
+    fi
+fi
+
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$PYTHON" -m venv "$VENV"; then
+        echo "setup: cannot create a virtualenv: run 'sudo apt-get install python3-venv'" >&2
+        exit 1
+    fi
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"

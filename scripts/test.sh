@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Lint, type-check and run every test; the D-Bus tests run once per D-Bus library.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+BIN="$ROOT/.venv/bin"
+"$BIN/ruff" check src tests $(test -d benchmarks && echo benchmarks)
+"$BIN/mypy" --strict src
+echo "== all tests, dbus-fast =="
+DAB_DBUS_LIBRARY=dbus_fast "$BIN/python" -m pytest -q "$@"
+echo "== D-Bus tests, dbus-next =="
+DAB_DBUS_LIBRARY=dbus_next "$BIN/python" -m pytest -q -m dbus "$@"

@@ -1,0 +1,218 @@
+"""``dbus-aggregate-batteries demo``: a private bus, simulated packs, the service, a live table.
+
+Everything runs against its own dbus-daemon (never the machine's buses).  The table is read
+back over D-Bus with GetItems, exactly as a Venus OS consumer would read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dbus_aggregate_batteries import _dbus
+from dbus_aggregate_batteries.app import Application
+from dbus_aggregate_batteries.config import Config, load_config, parse_config
+from dbus_aggregate_batteries.sim.model import PackSpec, default_pack_specs, sine_profile
+from dbus_aggregate_batteries.sim.services import SimBank
+
+log = logging.getLogger(__name__)
+
+BUS_CONFIG = """<busconfig>
+  <type>session</type>
+  <listen>unix:dir={directory}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+DEMO_CONFIG: dict[str, Any] = {
+    "soc": {"source": "own"},
+    "fault": {"startup_window_s": 5.0},
+    "service": {"summary_interval_s": 60},
+}
+AGGREGATE = "com.victronenergy.battery.aggregate"
+SPEED = 10.0  # simulated seconds per real second, so SoC visibly moves
+
+
+@contextlib.contextmanager
+def private_bus(directory: Path) -> Iterator[str]:
+    """Start a dbus-daemon with its own configuration; yield its address."""
+    daemon = shutil.which("dbus-daemon")
+    if daemon is None:
+        raise RuntimeError(
+            "dbus-daemon not found: install Debian's dbus package (sudo apt-get install dbus)"
+        )
+    conf = directory / "bus.conf"
+    conf.write_text(BUS_CONFIG.format(directory=directory))
+    proc = subprocess.Popen(
+        [daemon, "--nofork", "--print-address", f"--config-file={conf}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # Ctrl-C is ours to handle; the daemon goes last
+    )
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("dbus-daemon did not start")
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def demo_specs(batteries: int) -> list[PackSpec]:
+    """N packs of mixed driver versions; the first one has a cell running high."""
+    specs = default_pack_specs(batteries, layout="mixed", soc_pct=85.0)
+    first = specs[0]
+    specs[0] = PackSpec(
+        name=first.name, cells=first.cells, capacity_ah=first.capacity_ah,
+        soc_pct=first.soc_pct, layout=first.layout, device_instance=first.device_instance,
+        high_cell_offset_v=0.06, high_cell=5, custom_name="Rack A",
+    )
+    return specs
+
+
+def _num(value: Any, places: int, unit: str = "") -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.{places}f}{unit}"
+    return "-"
+
+
+def _row(name: str, v: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        _num(v.get("/Dc/0/Voltage"), 2),
+        _num(v.get("/Dc/0/Current"), 1),
+        _num(v.get("/Soc"), 1),
+        _num(v.get("/System/MinCellVoltage"), 3),
+        _num(v.get("/System/MaxCellVoltage"), 3),
+        str(v.get("/System/MaxVoltageCellId") or "-"),
+        _num(v.get("/Info/MaxChargeVoltage"), 2),
+        _num(v.get("/Info/MaxChargeCurrent"), 0),
+        _num(v.get("/Info/MaxDischargeCurrent"), 0),
+        str(v.get("/Alarms/BmsCable", "-")),
+    ]
+
+
+HEADERS = ["pack", "V", "A", "SoC%", "min cell", "max cell", "max id", "CVL V", "CCL A",
+           "DCL A", "alarm"]
+
+
+async def _read(bus: _dbus.MessageBus, name: str) -> dict[str, Any]:
+    try:
+        reply = await _dbus.call(bus, name, "/", "GetItems", timeout_s=2.0)
+    except (_dbus.DBusCallError, TimeoutError):
+        return {}
+    return {path: _dbus.unwrap(item["Value"]) for path, item in reply[0].items()}
+
+
+def _render(rows: list[list[str]], footer: str) -> Any:
+    try:
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(len(HEADERS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                 for r in [HEADERS, *rows]]
+        return "\n".join(lines) + "\n" + footer
+    table = Table(title="dbus-aggregate-batteries demo (private bus)", caption=footer)
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header in ("pack", "max id") else "right")
+    for i, row in enumerate(rows):
+        table.add_row(*row, style="bold green" if i == len(rows) - 1 else None,
+                      end_section=i == len(rows) - 2)
+    return table
+
+
+async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: Path) -> int:
+    with private_bus(workdir) as address:
+        bank = SimBank(demo_specs(batteries), profile=sine_profile(60.0, 900.0))
+        await bank.start(address)
+        await bank.tick(1.0)
+        app = Application(cfg, await _dbus.connect(address), state_dir=workdir / "state")
+        await app.start()
+        client = await _dbus.connect(address)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        sim_task = asyncio.ensure_future(bank.run(1.0, stop, speed=SPEED))
+        app_task = asyncio.ensure_future(app.run())
+        live: Any = None
+        try:
+            from rich.live import Live
+
+            live = Live(auto_refresh=False)
+            live.start()
+        except ImportError:
+            live = None
+        started = loop.time()
+        try:
+            while not stop.is_set():
+                rows = [
+                    _row(name.rsplit(".", 1)[-1].replace("ttyUSB", "USB"),
+                         await _read(client, name))
+                    for name in bank.pack_names
+                ]
+                rows.append(_row("aggregate", await _read(client, AGGREGATE)))
+                footer = (
+                    f"simulated time x{SPEED:g}; Ctrl-C stops; log {workdir / 'demo.log'}"
+                )
+                view = _render(rows, footer)
+                if live is not None:
+                    live.update(view, refresh=True)
+                else:
+                    print(view, flush=True)
+                if duration_s is not None and loop.time() - started >= duration_s:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            if live is not None:
+                live.stop()
+            stop.set()
+            app.stopping.set()
+            code = await app_task
+            await sim_task
+            await app.shutdown()
+            await _dbus.disconnect(app.bus)
+            await _dbus.disconnect(client)
+            await bank.stop()
+        return code
+
+
+def run_demo(*, batteries: int, duration_s: float | None, config: str | None) -> int:
+    """Entry point of ``dbus-aggregate-batteries demo``."""
+    cfg = load_config(config) if config else parse_config(DEMO_CONFIG)
+    with tempfile.TemporaryDirectory(prefix="dab-demo-") as tmp:
+        workdir = Path(tmp)
+        handler = logging.FileHandler(workdir / "demo.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            return asyncio.run(_demo(batteries, duration_s, cfg, workdir))
+        except RuntimeError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            root.removeHandler(handler)
+            handler.close()

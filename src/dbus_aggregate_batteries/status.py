@@ -1,0 +1,35 @@
+"""``dbus-aggregate-batteries status``: print the virtual battery's paths, values and texts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from dbus_aggregate_batteries import _dbus
+
+
+async def _status(bus_spec: str, service: str) -> int:
+    try:
+        bus = await _dbus.connect(bus_spec)
+    except Exception as exc:
+        print(f"status: cannot connect to the {bus_spec} bus: {exc}", file=sys.stderr)
+        return 1
+    try:
+        reply = await _dbus.call(bus, service, "/", "GetItems", timeout_s=5.0)
+    except (_dbus.DBusCallError, TimeoutError) as exc:
+        print(f"status: {service} does not answer: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await _dbus.disconnect(bus)
+    items = reply[0]
+    width = max((len(p) for p in items), default=0)
+    for path in sorted(items):
+        value = _dbus.unwrap(items[path]["Value"])
+        text = _dbus.unwrap(items[path]["Text"])
+        print(f"{path:<{width}}  {value!r:<24}  {text}")
+    return 0
+
+
+def show_status(*, bus: str, service: str) -> int:
+    """Entry point of the ``status`` command."""
+    return asyncio.run(_status(bus, service))
