@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -355,7 +357,11 @@ class Application:
         period = self.cfg.publish.tick_s
         loop_time = self.clock
         deadline = loop_time() + period
-        watchdog = asyncio.ensure_future(self._watchdog())
+        watchdog_done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watchdog, args=(watchdog_done,), name="watchdog", daemon=True
+        )
+        watchdog.start()
         disconnect = asyncio.ensure_future(self._watch_bus())
         try:
             while not self.stopping.is_set():
@@ -389,20 +395,24 @@ class Application:
                         self.exit_code = EXIT_FAILURE
                         break
         finally:
-            watchdog.cancel()
+            watchdog_done.set()
             disconnect.cancel()
         return self.exit_code
 
-    async def _watchdog(self) -> None:
-        # A tick stuck (or the loop blocked) must not leave frozen limits on the bus.
+    def _watchdog(self, done: threading.Event) -> None:
+        # A thread, not a task: a blocked event loop would never run a watchdog task, and a
+        # frozen service leaves its last limits in force (systemcalc has no timeout).
         limit = self.cfg.service.watchdog_s
-        while True:
-            await asyncio.sleep(min(1.0, limit / 4))
-            if self.clock() - self._last_tick_done > limit:
-                log.error("no tick completed for %.0f s: exiting", limit)
-                self.exit_code = EXIT_FAILURE
-                self.stopping.set()
-                return
+        while not done.wait(min(1.0, limit / 4)):
+            stalled = self.clock() - self._last_tick_done
+            if stalled > limit:
+                log.error("no tick completed for %.0f s: saving state and exiting", stalled)
+                try:
+                    self.state_file.save(self.saved_state())
+                except OSError as exc:
+                    log.error("cannot save state: %s", exc)
+                logging.shutdown()
+                os._exit(EXIT_FAILURE)
 
     async def _watch_bus(self) -> None:
         try:

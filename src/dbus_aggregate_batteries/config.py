@@ -310,7 +310,7 @@ class FaultConfig(_Base):
     stale_after_s: float = Field(30.0, ge=2.0, le=3600.0)
     probe_after_s: float = Field(10.0, ge=1.0, le=3600.0)
     policy: Literal["derate", "zero"] = "derate"
-    grace_s: float = Field(60.0, ge=0.0, le=3600.0)
+    grace_s: float = Field(30.0, ge=0.0, le=3600.0)
     startup_window_s: float = Field(15.0, ge=0.0, le=600.0)
 
 
@@ -630,6 +630,8 @@ class _ConfigLoader(yaml.SafeLoader):
             ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # raises a ConstructorError
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -663,6 +665,9 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, [f"YAML error: {' '.join(str(exc).split())}"]) from None
     except RecursionError:
         raise ConfigError(source, ["YAML error: the document is nested too deeply"]) from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # A PyYAML constructor failing outside construct_object (in a deferred step).
+        raise ConfigError(source, [f"YAML error: cannot read the document ({exc!r})"]) from None
     return parse_config(data, source)
 
 

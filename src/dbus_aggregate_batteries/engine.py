@@ -10,7 +10,9 @@ Degraded operation (fewer healthy packs than expected, or any pack missing/stale
 - ``policy: derate`` computes the limits from the healthy packs, keeps every missing pack's
   last known limit in the minimum (so a pack that disappears can never make a limit rise) and
   scales own-mode limits by healthy/expected;
-- with no healthy pack at all, CCL = DCL = 0 and CVL holds its last value;
+- with no healthy pack at all, CCL = 0 and CVL holds its last value; for ``grace_s`` the DCL
+  stays at the lowest last known DCL of a single pack (a driver restart must not shut down
+  inverters in island mode, which stop at DCL 0), then DCL = 0;
 - /Alarms/BmsCable is raised (1 = warning while degraded, 2 = alarm with no healthy pack).
 """
 
@@ -58,6 +60,7 @@ class EngineState:
     high_cell: bool = False
     degraded: bool = False
     last_cvl_v: float | None = None
+    no_healthy_since_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +240,21 @@ def step(
 
     if degraded and cfg.fault.policy == "zero":
         currents = CurrentLimits(0.0, 0.0)
+    no_healthy_since = None
     if not healthy:
-        currents = CurrentLimits(0.0, 0.0)
+        no_healthy_since = state.no_healthy_since_s
+        if no_healthy_since is None:
+            no_healthy_since = now_s
+        dcl_grace = 0.0
+        last_dcls = [p.dcl_a for p in missing if p.dcl_a is not None]
+        if (
+            cfg.fault.policy == "derate"
+            and now_s - no_healthy_since < cfg.fault.grace_s
+            and last_dcls
+            and not any(p.blocks_discharge for p in missing)
+        ):
+            dcl_grace = min(last_dcls)
+        currents = CurrentLimits(0.0, dcl_grace)
     cap_c, cap_d = cfg.limits.max_charge_current_a, cfg.limits.max_discharge_current_a
     currents = CurrentLimits(
         min(currents.ccl_a, cap_c) if cap_c is not None else currents.ccl_a,
@@ -257,6 +273,7 @@ def step(
         high_cell=high_cell,
         degraded=degraded,
         last_cvl_v=cvl,
+        no_healthy_since_s=no_healthy_since,
     )
     values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
     alarms = list(merged.alarms)

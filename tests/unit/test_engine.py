@@ -531,7 +531,14 @@ def test_step_degraded_derates_and_never_raises_limits() -> None:
                 today=TODAY, missing=[a])
     assert zero.limits.ccl_a == 0.0 and zero.limits.dcl_a == 0.0
     none = step(cfg, full.state, [], AuxSnapshot(), now_s=3.0, today=TODAY, missing=[a, b, c])
-    assert none.limits.ccl_a == 0.0 and none.limits.dcl_a == 0.0
+    # Grace: one pack's worth of discharge (lowest last known DCL), no charge.
+    assert none.limits.ccl_a == 0.0 and none.limits.dcl_a == pytest.approx(150.0)
+    later = step(cfg, none.state, [], AuxSnapshot(), now_s=3.0 + cfg.fault.grace_s, today=TODAY,
+                 missing=[a, b, c])
+    assert later.limits.dcl_a == 0.0 and later.limits.ccl_a == 0.0
+    zero_none = step(config(fault={"policy": "zero"}), full.state, [], AuxSnapshot(), now_s=3.0,
+                     today=TODAY, missing=[a, b, c])
+    assert zero_none.limits.dcl_a == 0.0
     assert none.limits.cvl_v == pytest.approx(full.limits.cvl_v or 0.0)  # held
     assert none.values["/Alarms/BmsCable"] == 2
     assert _all_finite(none.values)
