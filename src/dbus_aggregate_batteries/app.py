@@ -14,10 +14,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 from dbus_aggregate_batteries import __version__, _dbus
 from dbus_aggregate_batteries.charge import BalancePhase
@@ -34,6 +35,12 @@ from dbus_aggregate_batteries.model import (
     device_current,
 )
 from dbus_aggregate_batteries.persist import SavedState, StateFile
+from dbus_aggregate_batteries.settings import (
+    FEED_IN_PATH,
+    LocalSettings,
+    device_key,
+    parse_instance,
+)
 from dbus_aggregate_batteries.state import BusState, Kind, ServiceState
 from dbus_aggregate_batteries.venus import SERVICE_PREFIX, Value
 
@@ -65,13 +72,13 @@ class Counters:
     health: dict[str, Health] = field(default_factory=dict)
 
 
-def identity_values(cfg: Config, custom_name: str) -> dict[str, Value]:
+def identity_values(cfg: Config, custom_name: str, device_instance: int) -> dict[str, Value]:
     """The mandatory identity paths of a Venus OS service."""
     return {
         "/Mgmt/ProcessName": "dbus-aggregate-batteries",
         "/Mgmt/ProcessVersion": f"{__version__} (Python {sys.version.split()[0]})",
         "/Mgmt/Connection": "Virtual",
-        "/DeviceInstance": cfg.publish.device_instance,
+        "/DeviceInstance": device_instance,
         "/ProductId": cfg.publish.product_id,
         "/ProductName": cfg.publish.product_name,
         "/CustomName": custom_name,
@@ -109,6 +116,10 @@ class Application:
         self.counters = Counters()
         self.last_result: StepResult | None = None
         self.custom_name = cfg.publish.custom_name
+        self.device_instance = cfg.publish.device_instance
+        self.settings = LocalSettings(bus)
+        self._settings_base = f"/Settings/Devices/{device_key(cfg.publish.service_suffix)}"
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.exit_code = EXIT_OK
         self._departed_packs: dict[str, PackSnapshot] = {}
@@ -139,10 +150,14 @@ class Application:
                 "restored state: charge %s Ah, last balancing %s",
                 saved.charge_ah, saved.last_balanced,
             )
+        await self._load_identity()
         await self.monitor.start()
         await self._wait_for_packs()
         result = self.tick()
-        values = {**identity_values(self.cfg, self.custom_name), **result.values}
+        values = {
+            **identity_values(self.cfg, self.custom_name, self.device_instance),
+            **result.values,
+        }
         for path, value in values.items():
             self.service.add_path(
                 path, value, writable=path == "/CustomName",
@@ -156,6 +171,38 @@ class Application:
             self.name, result.merged.count,
             result.limits.cvl_v, result.limits.ccl_a, result.limits.dcl_a,
         )
+
+    async def _load_identity(self) -> None:
+        """DeviceInstance and CustomName from localsettings (the instance may be bumped)."""
+        if not await self.settings.connect():
+            log.warning(
+                "no localsettings service on this bus: using device instance %d from the config",
+                self.device_instance,
+            )
+            return
+        base = self._settings_base
+        got = await self.settings.add_settings(
+            {
+                f"{base}/ClassAndVrmInstance": f"battery:{self.cfg.publish.device_instance}",
+                f"{base}/CustomName": self.cfg.publish.custom_name,
+            }
+        )
+        instance = parse_instance(got.get(f"{base}/ClassAndVrmInstance"))
+        if instance is None:
+            log.warning("localsettings gave no usable instance: using %d", self.device_instance)
+        else:
+            if instance != self.cfg.publish.device_instance:
+                log.info("device instance %d assigned by localsettings (configured %d)",
+                         instance, self.cfg.publish.device_instance)
+            self.device_instance = instance
+        name = got.get(f"{base}/CustomName")
+        if isinstance(name, str):
+            self.custom_name = name
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _healthy_names(self) -> list[str]:
         return [n for n, h in self.counters.health.items() if h is Health.ACTIVE]
@@ -185,6 +232,8 @@ class Application:
             return False
         self.custom_name = value
         log.info("custom name set to %r", value)
+        if self.settings.available:
+            self._spawn(self.settings.set(f"{self._settings_base}/CustomName", value))
         return True
 
     def _departed(self, svc: ServiceState) -> None:
@@ -258,6 +307,9 @@ class Application:
         )
         self.engine = result.state
         self.last_result = result
+        if result.feed_in_request is not None and self.settings.available:
+            self.settings.feed_in = result.feed_in_request
+            self._spawn(self.settings.set(FEED_IN_PATH, result.feed_in_request))
         for event in result.events:
             log.log(_LEVELS[event.severity], "%s", event.message)
         if self.registered:
@@ -272,10 +324,12 @@ class Application:
         return result
 
     def _aux(self) -> AuxSnapshot:
+        feed_in = self.settings.feed_in
         if self.cfg.current.source == "bms":
-            return AuxSnapshot()
+            return AuxSnapshot(feed_in_setting=feed_in)
         multis = self.state.of_kind(Kind.MULTI)
         return AuxSnapshot(
+            feed_in_setting=feed_in,
             multi=device_current(multis[0].name, multis[0].values) if multis else None,
             solar_chargers=self._currents(Kind.SOLAR),
             battery_shunts=self._currents(Kind.BATTERY_SHUNT),
@@ -430,6 +484,9 @@ class Application:
         """Save state and release the name."""
         await self.save_now()
         await self.monitor.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        self.settings.close()
         if self.bus.connected:
             try:
                 await asyncio.wait_for(self.service.unregister(), 2.0)

@@ -1,0 +1,152 @@
+"""Client of Venus OS localsettings (``com.victronenergy.settings``).
+
+- identity: ``/Settings/Devices/<key>/ClassAndVrmInstance`` is created with AddSettings and
+  its value READ BACK: localsettings moves it to the next free instance of the class when the
+  requested one is taken, and consumers pair our name with that instance at scan time;
+- ``/Settings/Devices/<key>/CustomName`` persists the name the owner gives in the GUI;
+- ``/Settings/CGwacs/OvervoltageFeedIn`` (DC-coupled PV feed-in) is watched by signal and
+  written only when the engine asks for it.
+Without a settings service (a laptop) every call reports "unavailable" and the caller falls
+back to its configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dbus_aggregate_batteries import _dbus
+from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType, Variant
+from dbus_aggregate_batteries.venus import BUSITEM, SETTINGS_SERVICE, Value
+
+log = logging.getLogger(__name__)
+
+SETTINGS_IFACE = "com.victronenergy.Settings"
+FEED_IN_PATH = "/Settings/CGwacs/OvervoltageFeedIn"
+CALL_TIMEOUT_S = 5.0
+
+
+def device_key(service_suffix: str) -> str:
+    """The settings key of our device (stable across restarts: same key, same instance)."""
+    if service_suffix == "aggregate":
+        return "aggregatebatteries"  # the original program's key: its CustomName carries over
+    return f"aggregatebatteries_{service_suffix}"
+
+
+def parse_instance(value: object) -> int | None:
+    """``"battery:7"`` -> 7."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    cls, _, number = value.partition(":")
+    return int(number) if cls == "battery" and number.isdigit() else None
+
+
+class LocalSettings:
+    """The few localsettings calls this service needs."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self._bus = bus
+        self._owner: str | None = None
+        self.feed_in: int | None = None
+        self._on_feed_in: Callable[[int | None], None] | None = None
+
+    async def connect(self) -> bool:
+        """Whether a settings service is on the bus; starts watching the feed-in setting."""
+        try:
+            reply = await _dbus.call(
+                self._bus, _dbus.DBUS_SERVICE, _dbus.DBUS_PATH, "GetNameOwner",
+                _dbus.DBUS_SERVICE, "s", (SETTINGS_SERVICE,), timeout_s=CALL_TIMEOUT_S,
+            )
+        except (_dbus.DBusCallError, TimeoutError):
+            return False
+        self._owner = str(reply[0])
+        self._bus.add_message_handler(self._on_message)
+        await _dbus.add_match(
+            self._bus,
+            f"type='signal',sender='{self._owner}',interface='{BUSITEM}',"
+            f"member='PropertiesChanged',path='{FEED_IN_PATH}'",
+        )
+        value = await self.get(FEED_IN_PATH)
+        self.feed_in = value if isinstance(value, int) else None
+        return True
+
+    @property
+    def available(self) -> bool:
+        """A settings service was found."""
+        return self._owner is not None
+
+    async def add_settings(self, entries: dict[str, Value]) -> dict[str, Value]:
+        """Create settings (path -> default) if missing; returns path -> current value."""
+        if self._owner is None:
+            return {}
+        body = [
+            {"path": Variant("s", path), "default": _variant(default)}
+            for path, default in entries.items()
+        ]
+        try:
+            reply = await _dbus.call(
+                self._bus, self._owner, "/", "AddSettings", SETTINGS_IFACE, "aa{sv}", (body,),
+                timeout_s=CALL_TIMEOUT_S,
+            )
+        except (_dbus.DBusCallError, TimeoutError) as exc:
+            log.warning("localsettings AddSettings failed (%s)", exc)
+            return {}
+        result: dict[str, Value] = {}
+        for item in reply[0]:
+            path = _dbus.unwrap(item["path"])
+            error = _dbus.unwrap(item.get("error", Variant("i", 0)))
+            value = _dbus.unwrap(item["value"]) if "value" in item else None
+            if isinstance(path, str) and not error:
+                result[path] = value if isinstance(value, (int, float, str)) else None
+        return result
+
+    async def get(self, path: str) -> Value:
+        """A setting's value, or None."""
+        if self._owner is None:
+            return None
+        try:
+            reply = await _dbus.call(self._bus, self._owner, path, "GetValue",
+                                     timeout_s=CALL_TIMEOUT_S)
+        except (_dbus.DBusCallError, TimeoutError):
+            return None
+        value = _dbus.unwrap(reply[0])
+        return value if isinstance(value, (int, float, str)) else None
+
+    async def set(self, path: str, value: Value) -> bool:
+        """Write a setting; True when localsettings accepted it."""
+        if self._owner is None:
+            return False
+        try:
+            reply = await _dbus.call(self._bus, self._owner, path, "SetValue", BUSITEM, "v",
+                                     (_variant(value),), timeout_s=CALL_TIMEOUT_S)
+        except (_dbus.DBusCallError, TimeoutError) as exc:
+            log.warning("cannot write %s: %s", path, exc)
+            return False
+        return bool(reply and reply[0] == 0)
+
+    def _on_message(self, msg: Message) -> None:
+        if (
+            msg.message_type == MessageType.SIGNAL
+            and msg.member == "PropertiesChanged"
+            and msg.sender == self._owner
+            and msg.path == FEED_IN_PATH
+        ):
+            value = _dbus.unwrap(msg.body[0].get("Value", Variant("ai", [])))
+            self.feed_in = value if isinstance(value, int) else None
+
+    def close(self) -> None:
+        """Stop watching signals."""
+        if self._owner is not None:
+            self._bus.remove_message_handler(self._on_message)
+
+
+def _variant(value: Value) -> Variant:
+    if isinstance(value, bool):
+        return Variant("i", int(value))
+    if isinstance(value, int):
+        return Variant("i", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    if isinstance(value, str):
+        return Variant("s", value)
+    return Variant("ai", [])
