@@ -239,7 +239,8 @@ class OwnLimitsConfig(_Base):
             where = f"item {index}: " if isinstance(value, list) else ""
             if not _is_number(v):
                 raise ValueError(f"{where}must be a number (got {_short_repr(v)})")
-            if not math.isfinite(v) or not 0.5 <= v <= 5.0:
+            v = _finite(v)
+            if v is None or not 0.5 <= v <= 5.0:
                 raise ValueError(f"{where}must be a finite number within 0.5..5.0 V per cell")
         return value
 
@@ -349,6 +350,35 @@ class Config(_Base):
             return data
         return apply_preset(_empty_sections(data))
 
+    @model_validator(mode="after")
+    def _timing(self) -> Config:
+        # Cross-section rules: each would silently disable a safety mechanism.
+        tick = self.publish.tick_s
+        problems = []
+        if self.soc.max_gap_s < 2 * tick:
+            problems.append(
+                f"soc.max_gap_s ({self.soc.max_gap_s:g}) must be at least twice publish.tick_s"
+                f" ({tick:g}), or the counter would never integrate"
+            )
+        if self.service.watchdog_s < 3 * tick:
+            problems.append(
+                f"service.watchdog_s ({self.service.watchdog_s:g}) must be at least three"
+                f" times publish.tick_s ({tick:g}), or it would kill a healthy process"
+            )
+        if self.fault.stale_after_s < 2 * tick:
+            problems.append(
+                f"fault.stale_after_s ({self.fault.stale_after_s:g}) must be at least twice"
+                f" publish.tick_s ({tick:g})"
+            )
+        if self.fault.probe_after_s >= self.fault.stale_after_s:
+            problems.append(
+                f"fault.probe_after_s ({self.fault.probe_after_s:g}) must be below"
+                f" fault.stale_after_s ({self.fault.stale_after_s:g}), or the probe comes too late"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 RESERVED_PRODUCT_IDS = frozenset(
     {0xB004, 0xB009, 0xB00A, 0xB015, 0xB019, 0xB029, 0xB005, 0xB016, 0xB01A, 0xB01B, 0xB01D,
@@ -359,9 +389,13 @@ RESERVED_PRODUCT_IDS = frozenset(
 
 
 def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # a YAML integer can be too large for a float
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _is_number(value: Any) -> bool:

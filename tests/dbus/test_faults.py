@@ -99,7 +99,8 @@ async def test_pack_vanishes_and_returns_twice(
 
 async def test_frozen_pack_goes_stale(sim3: SimBank, make_bus: MakeBus, tmp_path: Path) -> None:
     stale_after = 2.0
-    app = await start_app(make_bus, tmp_path, fault={"stale_after_s": stale_after})
+    app = await start_app(make_bus, tmp_path,
+                          fault={"stale_after_s": stale_after, "probe_after_s": 1.0})
     try:
         name = sim3.pack_names[0]
         sim3.packs[0].freeze()
@@ -319,6 +320,7 @@ from dbus_aggregate_batteries.config import parse_config
 
 async def main() -> int:
     cfg = parse_config({"service": {"watchdog_s": 2}, "soc": {"source": "own"},
+                        "publish": {"tick_s": 0.5},
                         "fault": {"startup_window_s": 5}})
     app = Application(cfg, await _dbus.connect(sys.argv[1]), state_dir=sys.argv[2])
     await app.start()

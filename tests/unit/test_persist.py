@@ -56,12 +56,13 @@ def test_damaged_file_is_moved_aside(tmp_path: Path, kind: str,
 
 
 WRITER = """
-import sys
+import sys, time
 from dbus_aggregate_batteries.persist import SavedState, StateFile
 sf = StateFile(sys.argv[1])
 for n in range(int(sys.argv[2]), int(sys.argv[3])):
     sf.save(SavedState(charge_ah=float(n)))
     print(n, flush=True)
+    time.sleep(0.001)
 """
 
 
@@ -72,9 +73,11 @@ def test_kill_9_during_200_writes_leaves_old_or_new(tmp_path: Path) -> None:
     kills = 0
     deadline = time.monotonic() + 60
     while next_n < 200 and time.monotonic() < deadline:
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(next_n), "200"],
+        # At most 20 writes per process, so that most processes die in the middle of writing.
+        stop = str(min(200, next_n + 20))
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(next_n), stop],
                                 stdout=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.03, 0.15))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         kills += proc.returncode == -signal.SIGKILL
