@@ -111,24 +111,44 @@ def step_balancing(
     return replace(state, phase=phase), target, tuple(events)
 
 
-def pack_dynamic_cvl(pack: PackSnapshot, max_cell_v: float) -> float | None:
-    """sum(min(cell, max_cell_v)) over the pack's cells, or an estimate when cells are unknown."""
+def pack_dynamic_cvl(pack: PackSnapshot, max_cell_v: float, n_cells: int | None) -> float | None:
+    """sum(min(cell, max_cell_v)) over the pack's cells, or a conservative estimate.
+
+    Without every cell voltage only the highest cell's overshoot is known, so the estimate
+    (pack voltage minus that overshoot) is also capped at cells x max_cell_v; with no usable
+    data at all the cap alone is used.  A result <= 0 is nonsense input and is not used.
+    """
     if pack.cells and all(c is not None for c in pack.cells):
-        return sum(min(c, max_cell_v) for c in pack.cells if c is not None)
+        exact = sum(min(c, max_cell_v) for c in pack.cells if c is not None)
+        return exact if exact > 0.0 else None
+    cells = pack.cells_per_battery or n_cells
+    cap = cells * max_cell_v if cells else None
     base = pack.voltages_sum_v if pack.voltages_sum_v is not None else pack.voltage_v
-    if base is None or pack.max_cell_v is None:
-        return None
-    return base - max(0.0, pack.max_cell_v - max_cell_v)
+    estimate = None
+    if base is not None and pack.max_cell_v is not None:
+        estimate = base - max(0.0, pack.max_cell_v - max_cell_v)
+        if estimate <= 0.0:
+            estimate = None
+    if estimate is None:
+        return cap
+    return min(estimate, cap) if cap is not None else estimate
 
 
 def dynamic_cvl(
-    packs: Sequence[PackSnapshot], cfg: OwnLimitsConfig, target_v: float
+    packs: Sequence[PackSnapshot],
+    cfg: OwnLimitsConfig,
+    target_v: float,
+    n_cells: int | None = None,
 ) -> tuple[float, bool]:
     """Reduce the pack-level target while a cell is high; returns (cvl, episode active)."""
     high = any(p.max_cell_v is not None and p.max_cell_v >= cfg.max_cell_voltage_v for p in packs)
     if not high:
         return target_v, False
-    per_pack = [v for v in (pack_dynamic_cvl(p, cfg.max_cell_voltage_v) for p in packs) if v]
+    per_pack = [
+        v
+        for v in (pack_dynamic_cvl(p, cfg.max_cell_voltage_v, n_cells) for p in packs)
+        if v is not None
+    ]
     return (min([target_v, *per_pack]), True)
 
 

@@ -196,7 +196,7 @@ def step(
         events.extend(ev)
         cvl: float | None = None
         if n_cells:
-            cvl, high_cell = dynamic_cvl(healthy, own, target_cell * n_cells)
+            cvl, high_cell = dynamic_cvl(healthy, own, target_cell * n_cells, n_cells)
         if high_cell != state.high_cell:
             events.append(
                 Event(
@@ -216,28 +216,40 @@ def step(
             current_setting=aux.feed_in_setting,
         )
         events.extend(ev)
-        latched = update_discharge_latch(latched, merged.min_cell_v, own)
+        # A missing pack may still be connected: its last known extreme cells still count.
         max_cell = merged.max_cell_v
+        min_cell = merged.min_cell_v
         if missing:
-            known = [p.max_cell_v for p in missing if p.max_cell_v is not None]
-            if known and max_cell is not None:
-                max_cell = max([max_cell, *known])
+            highs = [p.max_cell_v for p in missing if p.max_cell_v is not None]
+            lows = [p.min_cell_v for p in missing if p.min_cell_v is not None]
+            if highs:
+                max_cell = max([*highs, *([max_cell] if max_cell is not None else [])])
+            if lows:
+                min_cell = min([*lows, *([min_cell] if min_cell is not None else [])])
+        latched = update_discharge_latch(latched, min_cell, own)
         currents, ev = own_current_limits(
-            own, healthy, max_cell_v=max_cell, min_cell_v=merged.min_cell_v,
+            own, [*healthy, *missing], max_cell_v=max_cell, min_cell_v=min_cell,
             discharge_latched=latched,
         )
         events.extend(ev)
+        own_share = currents.dcl_a / expected if expected else 0.0
         if degraded and expected:
             scale = len(healthy) / expected
             currents = CurrentLimits(currents.ccl_a * scale, currents.dcl_a * scale)
         low_voltage = own.min_cell_voltage_v * n_cells if n_cells else None
     else:
         cvl = bms_cvl(cfg.limits.bms, healthy)
+        own_share = 0.0
         currents, ev = _derated_bms_limits(cfg, healthy, missing)
         events.extend(ev)
         lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
         low_voltage = max(lows) if lows else None
 
+    # A block known from a missing pack's last values still holds: it may be connected.
+    if any(p.blocks_charge for p in missing):
+        currents = CurrentLimits(0.0, currents.dcl_a)
+    if any(p.blocks_discharge for p in missing):
+        currents = CurrentLimits(currents.ccl_a, 0.0)
     if degraded and cfg.fault.policy == "zero":
         currents = CurrentLimits(0.0, 0.0)
     no_healthy_since = None
@@ -246,14 +258,18 @@ def step(
         if no_healthy_since is None:
             no_healthy_since = now_s
         dcl_grace = 0.0
-        last_dcls = [p.dcl_a for p in missing if p.dcl_a is not None]
         if (
             cfg.fault.policy == "derate"
             and now_s - no_healthy_since < cfg.fault.grace_s
-            and last_dcls
             and not any(p.blocks_discharge for p in missing)
         ):
-            dcl_grace = min(last_dcls)
+            # At most one pack's last known BMS DCL; in own mode also at most one pack's
+            # share of the own limit from the last known cells (and latch).
+            last_dcls = [p.dcl_a for p in missing if p.dcl_a is not None]
+            if last_dcls:
+                dcl_grace = min(last_dcls)
+                if cfg.limits.mode == "own":
+                    dcl_grace = min(dcl_grace, own_share)
         currents = CurrentLimits(0.0, dcl_grace)
     cap_c, cap_d = cfg.limits.max_charge_current_a, cfg.limits.max_discharge_current_a
     currents = CurrentLimits(

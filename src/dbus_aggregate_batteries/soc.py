@@ -83,13 +83,15 @@ def step_counter(
             factor = cfg.battery_efficiency if current_a > 0.0 else 1.0
             charge += current_a * dt / 3600.0 * factor
 
-    if max_cell_v is not None and max_cell_v >= cfg.full_cell_voltage_v and charge < installed_ah:
+    full = max_cell_v is not None and max_cell_v >= cfg.full_cell_voltage_v
+    if full and charge < installed_ah:
         events.append(
             Event(Severity.INFO, "soc-full", f"highest cell {max_cell_v:.3f} V: counter at 100%")
         )
         charge = installed_ah
     elif (
         cfg.reset_to_zero_at_empty
+        and not full  # one cell full and another empty: contradictory, reset nothing
         and min_cell_v is not None
         and min_cell_v <= cfg.empty_cell_voltage_v
         and charge > 0.0
@@ -101,7 +103,7 @@ def step_counter(
 
     charge = min(installed_ah, max(0.0, charge))
     out = SocOutput(
-        soc_pct=100.0 * charge / installed_ah,
+        soc_pct=min(100.0, 100.0 * charge / installed_ah),
         capacity_ah=charge,
         consumed_ah=charge - installed_ah,
         time_to_go_s=_time_to_go(charge, current_a, cfg),
