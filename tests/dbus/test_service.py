@@ -228,3 +228,29 @@ async def test_sigterm_saves_state_and_releases_name(
     saved = StateFile(state_dir).load()
     assert saved is not None and saved.charge_ah is not None and saved.charge_ah > 0
     assert not await has_name()
+
+
+async def test_example_config_runs_unchanged_and_status_prints_it(
+    sim: SimBank, make_bus: MakeBus, bus_address: str, tmp_path: Path
+) -> None:
+    from dbus_aggregate_batteries.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    application = Application(load_config(example), await make_bus(), state_dir=tmp_path)
+    await application.start()
+    try:
+        result = application.tick()
+        assert result.values["/System/NrOfBatteries"] == 2
+        assert result.limits.cvl_v is not None and result.limits.ccl_a > 0
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dbus_aggregate_batteries", "status", "--bus", bus_address,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        async with asyncio.timeout(20):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        lines = {line.split()[0]: line for line in out.decode().splitlines()}
+        assert "/Info/MaxChargeCurrent" in lines and "/DeviceInstance" in lines
+        assert lines["/ProductId"].endswith("0xBA44")
+    finally:
+        await application.shutdown()
