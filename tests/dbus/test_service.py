@@ -254,3 +254,14 @@ async def test_example_config_runs_unchanged_and_status_prints_it(
         assert lines["/ProductId"].endswith("0xBA44")
     finally:
         await application.shutdown()
+
+
+def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dbus_aggregate_batteries", "demo", "--batteries", "3",
+         "--duration", "3"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "aggregate" in proc.stdout and "USB2" in proc.stdout
+    assert "Traceback" not in proc.stderr
