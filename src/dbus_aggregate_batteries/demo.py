@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +19,10 @@ from dbus_aggregate_batteries import _dbus
 from dbus_aggregate_batteries.app import Application
 from dbus_aggregate_batteries.config import Config, load_config, parse_config
 from dbus_aggregate_batteries.sim.model import PackSpec, default_pack_specs, sine_profile
+from dbus_aggregate_batteries.sim.privatebus import private_bus
 from dbus_aggregate_batteries.sim.services import SimBank
 
 log = logging.getLogger(__name__)
-
-BUS_CONFIG = """<busconfig>
-  <type>session</type>
-  <listen>unix:dir={directory}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 DEMO_CONFIG: dict[str, Any] = {
     "soc": {"source": "own"},
@@ -43,37 +31,6 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 AGGREGATE = "com.victronenergy.battery.aggregate"
 SPEED = 10.0  # simulated seconds per real second, so SoC visibly moves
-
-
-@contextlib.contextmanager
-def private_bus(directory: Path) -> Iterator[str]:
-    """Start a dbus-daemon with its own configuration; yield its address."""
-    daemon = shutil.which("dbus-daemon")
-    if daemon is None:
-        raise RuntimeError(
-            "dbus-daemon not found: install Debian's dbus package (sudo apt-get install dbus)"
-        )
-    conf = directory / "bus.conf"
-    conf.write_text(BUS_CONFIG.format(directory=directory))
-    proc = subprocess.Popen(
-        [daemon, "--nofork", "--print-address", f"--config-file={conf}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,  # Ctrl-C is ours to handle; the daemon goes last
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("dbus-daemon did not start")
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def demo_specs(batteries: int) -> list[PackSpec]:
