@@ -10,16 +10,25 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
     exit 1
 fi
 
-if ! command -v dbus-daemon >/dev/null 2>&1; then
+# Debian packages: dbus-daemon (private bus for the tests and the demo); with --test also
+# busybox (the Venus install scripts are tested under BusyBox sh, as on the device).
+missing=""
+command -v dbus-daemon >/dev/null 2>&1 || missing="dbus"
+if [ "${1:-}" = "--test" ] && ! command -v busybox >/dev/null 2>&1; then
+    missing="$missing busybox"
+fi
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "setup: installing Debian's dbus package (for dbus-daemon)" >&2
+        echo "setup: installing Debian's$missing" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus >/dev/null
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         sudo apt-get update -qq
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dbus
+        # shellcheck disable=SC2086
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
     else
-        echo "setup: dbus-daemon is missing: run 'sudo apt-get install dbus', then try again" >&2
+        echo "setup: missing Debian packages: run 'sudo apt-get install$missing', then try again" >&2
         exit 1
     fi
 fi

@@ -2,10 +2,10 @@
 # Lint, type-check and run every test; the D-Bus tests run once per D-Bus library.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" --test
 cd "$ROOT"
 BIN="$ROOT/.venv/bin"
-"$BIN/ruff" check src tests $(test -d benchmarks && echo benchmarks)
+"$BIN/ruff" check src tests benchmarks
 "$BIN/mypy" --strict src
 echo "== all tests, dbus-fast =="
 DAB_DBUS_LIBRARY=dbus_fast "$BIN/python" -m pytest -q "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from dbus_aggregate_batteries import __version__
@@ -47,6 +48,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
+        # Under a supervisor an immediate exit would restart us every second until fixed.
+        time.sleep(args.config_error_sleep)
         return EXIT_CONFIG
     _setup_logging(args.log_level or cfg.logging.level)
     from dbus_aggregate_batteries.app import run_service
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bus", default="system", help="system, session, or a D-Bus address (unix:path=...)"
     )
     p.add_argument("--state-dir", default=None, help="override service.state_dir")
+    p.add_argument(
+        "--config-error-sleep", type=float, default=0.0, metavar="S",
+        help="wait S seconds before exiting on an invalid config (for supervisors)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="print the virtual battery's paths and values")
