@@ -120,6 +120,8 @@ class Application:
         self.settings = LocalSettings(bus)
         self._settings_base = f"/Settings/Devices/{device_key(cfg.publish.service_suffix)}"
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per-cell voltages are only used by own-mode dynamic CVL and the cell republishing.
+        self._with_cells = cfg.limits.mode == "own" or cfg.publish.send_cell_voltages
         self.stopping = asyncio.Event()
         self.exit_code = EXIT_OK
         self._departed_packs: dict[str, PackSnapshot] = {}
@@ -256,7 +258,7 @@ class Application:
         healthy: list[PackSnapshot] = []
         missing: list[PackSnapshot] = []
         for svc in self.state.of_kind(Kind.PACK):
-            snap, bad = svc.snapshot(cfg.discovery.name_path)
+            snap, bad = svc.snapshot(cfg.discovery.name_path, with_cells=self._with_cells)
             for item in bad:
                 self.counters.bad_values += 1
                 key = (svc.name, item.path)

@@ -106,13 +106,15 @@ class ServiceState:
         serial = self.values.get("/Serial")
         return f"serial:{serial}" if isinstance(serial, str) and serial else self.name
 
-    def snapshot(self, name_path: str) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
+    def snapshot(
+        self, name_path: str, *, with_cells: bool = True
+    ) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
         """A trusted snapshot; rebuilt only when a value or the label changed."""
         label = self.label(name_path)
         cached = self._snapshot
         if cached is not None and cached[0] == self.version and cached[1] == label:
             return cached[2], ()
-        snap, bad = pack_from_values(self.name, label, self.values)
+        snap, bad = pack_from_values(self.name, label, self.values, with_cells=with_cells)
         self._snapshot = (self.version, label, snap, bad)
         return snap, bad
 
