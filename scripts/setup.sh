@@ -36,8 +36,16 @@ fi
 VENV="$ROOT/.venv"
 if [ ! -x "$VENV/bin/python" ]; then
     if ! "$PYTHON" -m venv "$VENV"; then
-        echo "setup: cannot create a virtualenv: run 'sudo apt-get install python3-venv'" >&2
-        exit 1
+        # Debian's own python3 needs its python3-venv package for this.
+        rm -rf "$VENV"
+        if [ "$(id -u)" = 0 ]; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            "$PYTHON" -m venv "$VENV"
+        else
+            echo "setup: cannot create a virtualenv: run 'sudo apt-get install python3-venv'" >&2
+            exit 1
+        fi
     fi
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
