@@ -419,15 +419,15 @@ class Application:
         )
         watchdog.start()
         disconnect = asyncio.ensure_future(self._watch_bus())
+        # One waiter for the whole run: a wait_for per tick would create a task every second.
+        stop_waiter = asyncio.ensure_future(self.stopping.wait())
         try:
             while not self.stopping.is_set():
                 delay = deadline - loop_time()
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), delay)
+                    await asyncio.wait((stop_waiter,), timeout=delay)
+                    if self.stopping.is_set():
                         break
-                    except TimeoutError:
-                        pass
                 now = loop_time()
                 if now - deadline >= period:
                     skipped = int((now - deadline) // period)
@@ -453,13 +453,14 @@ class Application:
         finally:
             watchdog_done.set()
             disconnect.cancel()
+            stop_waiter.cancel()
         return self.exit_code
 
     def _watchdog(self, done: threading.Event) -> None:
         # A thread, not a task: a blocked event loop would never run a watchdog task, and a
         # frozen service leaves its last limits in force (systemcalc has no timeout).
         limit = self.cfg.service.watchdog_s
-        while not done.wait(min(1.0, limit / 4)):
+        while not done.wait(limit / 4):
             stalled = self.clock() - self._last_tick_done
             if stalled > limit:
                 log.error("no tick completed for %.0f s: saving state and exiting", stalled)

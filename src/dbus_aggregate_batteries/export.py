@@ -110,12 +110,16 @@ def _same(old: Value, new: Value) -> bool:
 
 
 class _Leaf:
-    __slots__ = ("on_change", "value", "writable")
+    __slots__ = ("on_change", "raw", "value", "writable")
 
     def __init__(self, value: Value, writable: bool, on_change: OnChange | None) -> None:
         self.value = value
+        self.raw: object = _UNSET  # last value given to publish(), before rounding
         self.writable = writable
         self.on_change = on_change
+
+
+_UNSET = object()
 
 
 class _Node:
@@ -192,13 +196,18 @@ class BusItemService:
         changed: list[str] = []
         leaves = self._leaves
         for path, raw in values.items():
-            value = _normalise(path, raw)
             leaf = leaves.get(path)
+            # Most values are exactly what they were last tick: skip the rounding for them.
+            if leaf is not None and leaf.raw == raw and type(leaf.raw) is type(raw):
+                continue
+            value = _normalise(path, raw)
             if leaf is None:
                 self.add_path(path, value)
-            elif _same(leaf.value, value):
-                continue
+                leaves[path].raw = raw
             else:
+                leaf.raw = raw
+                if _same(leaf.value, value):
+                    continue
                 leaf.value = value
             changed.append(path)
         if changed:
@@ -388,6 +397,7 @@ class BusItemService:
             if not accepted:
                 return 2
         leaf.value = new
+        leaf.raw = _UNSET  # the next publish() compares against the new value again
         self._emit([path], batch=False)
         return 0
 
