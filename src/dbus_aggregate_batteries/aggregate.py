@@ -129,6 +129,7 @@ def _consumed_ah(packs: Sequence[PackSnapshot]) -> float | None:
 
 
 def _cells_per_battery(packs: Sequence[PackSnapshot]) -> int | None:
+    # Parallel packs must have equal counts; if they differ the lowest gives the lower CVL.
     counts = _values(packs, lambda p: p.cells_per_battery)
     if not counts:
         counts = [len(p.cells) for p in packs if p.cells]

@@ -33,6 +33,7 @@ from dbus_aggregate_batteries.model import (
     PackSnapshot,
     Severity,
     device_current,
+    most_restrictive,
 )
 from dbus_aggregate_batteries.persist import SavedState, StateFile
 from dbus_aggregate_batteries.settings import (
@@ -217,7 +218,9 @@ class Application:
         while self.clock() < deadline:
             self.monitor.rescan_due(self.clock())
             packs = self.state.of_kind(Kind.PACK)
-            complete = [p for p in packs if p.has_paths(("/Dc/0/Voltage",))]
+            complete = [
+                p for p in packs if p.has_paths(("/Dc/0/Voltage", "/System/MaxCellVoltage"))
+            ]
             candidates = self.state.of_kind(Kind.CANDIDATE)
             if expected and len(complete) >= expected:
                 return
@@ -257,6 +260,7 @@ class Application:
         self.monitor.rescan_due(now)
         healthy: list[PackSnapshot] = []
         missing: list[PackSnapshot] = []
+        present: set[str] = set()  # identities of unhealthy packs already in ``missing``
         for svc in self.state.of_kind(Kind.PACK):
             snap, bad = svc.snapshot(cfg.discovery.name_path, with_cells=self._with_cells)
             for item in bad:
@@ -268,7 +272,6 @@ class Application:
                         "%s: ignoring bad value %s at %s (%s); further ones are only counted",
                         svc.name, item.value, item.path, item.reason,
                     )
-            self._departed_packs.pop(svc.identity, None)
             last_change = svc.last_signal_s or svc.last_scan_s or svc.first_seen_s
             if (
                 now - last_change > cfg.fault.probe_after_s
@@ -283,6 +286,7 @@ class Application:
                 probe_failed=svc.probe_failed,
                 stale_after_s=cfg.fault.stale_after_s,
                 connected=svc.values.get("/Connected", 1),
+                needs_limits=cfg.limits.mode == "bms",
             )
             previous = self.counters.health.get(svc.name)
             if previous is not health:
@@ -290,12 +294,20 @@ class Application:
                 log.log(level, "pack %s (%s): %s (%s)", snap.label, svc.name, health.value,
                         reason)
                 self.counters.health[svc.name] = health
+            departed = self._departed_packs.get(svc.identity)
             if health is Health.ACTIVE:
+                # Only a healthy return clears what was remembered when it left.
+                self._departed_packs.pop(svc.identity, None)
                 healthy.append(snap)
                 self._last_good[svc.name] = snap
             else:
-                missing.append(self._last_good.get(svc.name, snap))
-        missing.extend(self._departed_packs.values())
+                last = self._last_good.get(svc.name)
+                missing.append(most_restrictive(snap, most_restrictive(last, departed)
+                                                if last is not None else departed))
+                present.add(svc.identity)
+        missing.extend(
+            snap for key, snap in self._departed_packs.items() if key not in present
+        )
 
         result = step(
             cfg,

@@ -151,7 +151,12 @@ class Monitor:
             for rule in (*rules.properties, rules.items):
                 await _dbus.add_match(self._bus, rule)
         except (_dbus.DBusCallError, TimeoutError) as exc:
-            log.warning("%s: cannot subscribe (%s); ignoring it for now", name, exc)
+            # Without its match rules the service would look frozen: start over later.
+            log.warning("%s: cannot subscribe (%s); retrying", name, exc)
+            self._departed(name)
+            await asyncio.sleep(self._cfg.discovery.rescan_interval_s)
+            if self._bus.connected and name not in self._state.services:
+                self._spawn(self._track(name, owner))
             return
         await self.scan(svc)
 

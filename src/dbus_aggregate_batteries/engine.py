@@ -112,6 +112,15 @@ def _charge_mode(cfg: Config, packs: Sequence[PackSnapshot], state: EngineState)
     return modes[0].split(" ")[0]
 
 
+def _installed_with_missing(
+    installed_ah: float | None, missing: Sequence[PackSnapshot]
+) -> float | None:
+    extra = sum(p.installed_capacity_ah or 0.0 for p in missing)
+    if installed_ah is None:
+        return extra or None
+    return installed_ah + extra
+
+
 def _derated_bms_limits(
     cfg: Config, healthy: Sequence[PackSnapshot], missing: Sequence[PackSnapshot]
 ) -> tuple[CurrentLimits, tuple[Event, ...]]:
@@ -143,7 +152,8 @@ def step(
     events: list[Event] = []
     merged = merge_packs(healthy)
     expected = max(expected_count, len(healthy) + len(missing))
-    degraded = len(healthy) < expected
+    # No pack at all is degraded too: the owner must see that nothing is being merged.
+    degraded = len(healthy) < expected or not healthy
     if degraded != state.degraded:
         events.append(
             Event(
@@ -163,7 +173,9 @@ def step(
         cfg.soc,
         now_s=now_s,
         current_a=current.current_a,
-        installed_ah=merged.installed_capacity_ah,
+        # A missing pack's capacity still counts: clamping the counter to the healthy packs'
+        # capacity would lose charge for good when the pack comes back.
+        installed_ah=_installed_with_missing(merged.installed_capacity_ah, missing),
         bms_soc_pct=merged.soc_pct,
         max_cell_v=merged.max_cell_v,
         min_cell_v=merged.min_cell_v,
@@ -185,6 +197,15 @@ def step(
     high_cell = False
     latched = state.discharge_latched
     n_cells = merged.cells_per_battery
+    counts = {p.cells_per_battery for p in healthy if p.cells_per_battery is not None}
+    if len(counts) > 1:
+        events.append(
+            Event(
+                Severity.WARNING,
+                "cell-counts",
+                f"packs report different cell counts {sorted(counts)}: using {n_cells}",
+            )
+        )
     if cfg.limits.mode == "own":
         own = cfg.limits.own
         mean_cell = (
@@ -196,7 +217,11 @@ def step(
         events.extend(ev)
         cvl: float | None = None
         if n_cells:
-            cvl, high_cell = dynamic_cvl(healthy, own, target_cell * n_cells, n_cells)
+            # A missing pack may still be connected: its last known high cell keeps the CVL
+            # down and PV feed-in off.
+            cvl, high_cell = dynamic_cvl(
+                [*healthy, *missing], own, target_cell * n_cells, n_cells
+            )
         if high_cell != state.high_cell:
             events.append(
                 Event(
@@ -239,6 +264,10 @@ def step(
         low_voltage = own.min_cell_voltage_v * n_cells if n_cells else None
     else:
         cvl = bms_cvl(cfg.limits.bms, healthy)
+        # A missing pack's last known CVL stays in the minimum (it may still be connected).
+        missing_cvls = [p.cvl_v for p in missing if p.cvl_v is not None]
+        if missing_cvls:
+            cvl = min([*missing_cvls, *([cvl] if cvl is not None else [])])
         own_share = 0.0
         currents, ev = _derated_bms_limits(cfg, healthy, missing)
         events.extend(ev)
@@ -279,6 +308,8 @@ def step(
     cvl = _finite(cvl)
     if cvl is None:
         cvl = state.last_cvl_v
+    elif not healthy and state.last_cvl_v is not None:
+        cvl = min(cvl, state.last_cvl_v)  # nothing live to follow: hold, never raise
     limits = Limits(cvl, _finite(currents.ccl_a) or 0.0, _finite(currents.dcl_a) or 0.0)
 
     new_state = EngineState(

@@ -36,8 +36,14 @@ def pack_health(
     probe_failed: bool,
     stale_after_s: float,
     connected: object = 1,
+    needs_limits: bool = False,
 ) -> tuple[Health, str]:
-    """Classify one present pack; returns the health and a reason for the log."""
+    """Classify one present pack; returns the health and a reason for the log.
+
+    A pack that lacks what the bank's limits are computed from (its extreme cells; with
+    ``needs_limits`` its CVL, CCL and DCL) is not healthy: merging it without them would let
+    its share of the limits rise.  Its last known values are used instead (engine.py).
+    """
     if probe_failed:
         return Health.STALE, "did not answer a liveness probe"
     age = now_s - last_change_s
@@ -51,4 +57,8 @@ def pack_health(
         return Health.BMS_OFFLINE, "the driver reports its BMS offline"
     if snap.alarms[_BMS_CABLE] == 2:
         return Health.BMS_OFFLINE, "BMS cable alarm"
+    if snap.max_cell_v is None or snap.min_cell_v is None:
+        return Health.BMS_OFFLINE, "no valid cell voltages"
+    if needs_limits and None in (snap.cvl_v, snap.ccl_a, snap.dcl_a):
+        return Health.BMS_OFFLINE, "no valid charge limits (/Info/*)"
     return Health.ACTIVE, "ok"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from dbus_aggregate_batteries.venus import ALARM_PATHS, Value
@@ -64,6 +64,9 @@ TEXT_PATHS = frozenset(
     }
 )
 MAX_CELLS = 64
+# How far the mean cell voltage (pack voltage / cell count) may lie outside the pack's own
+# min..max cell before the count is not believed (cable drop, measurement offsets).
+CELL_COUNT_TOLERANCE_V = 0.25
 
 
 class Severity(Enum):
@@ -264,6 +267,22 @@ def pack_from_values(
             if path not in values and n_cells is None:
                 break
             cells.append(r.cell(path))
+    voltage = r.num("/Dc/0/Voltage")
+    if None not in (n_cells, voltage, max_cell, min_cell):
+        assert n_cells is not None and voltage is not None
+        assert max_cell is not None and min_cell is not None
+        # A BMS configured for the wrong cell count would scale every pack voltage we derive.
+        per_cell = voltage / n_cells
+        if not min_cell - CELL_COUNT_TOLERANCE_V <= per_cell <= max_cell + CELL_COUNT_TOLERANCE_V:
+            r.bad.append(
+                BadValue(
+                    "/System/NrOfCellsPerBattery",
+                    str(n_cells),
+                    f"{voltage:.2f} V / {n_cells} cells = {per_cell:.3f} V per cell, outside the"
+                    f" cells' {min_cell:.3f}..{max_cell:.3f} V",
+                )
+            )
+            n_cells = None
     known_cells = [c for c in cells if c is not None]
     if max_cell is None and known_cells:
         max_cell = max(known_cells)
@@ -272,7 +291,7 @@ def pack_from_values(
     snap = PackSnapshot(
         service=service,
         label=label,
-        voltage_v=r.num("/Dc/0/Voltage"),
+        voltage_v=voltage,
         current_a=r.num("/Dc/0/Current"),
         power_w=r.num("/Dc/0/Power"),
         temperature_c=r.num("/Dc/0/Temperature"),
@@ -317,3 +336,40 @@ def device_current(service: str, values: Mapping[str, Value]) -> DeviceCurrent:
         current = None
     connected = values.get("/Connected")
     return DeviceCurrent(service, current, connected is None or connected == 1)
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _highest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def most_restrictive(current: PackSnapshot, last_good: PackSnapshot | None) -> PackSnapshot:
+    """For a pack that is not healthy: the stricter of its current and last healthy values.
+
+    Blocks from either count, limits are the lower, the highest cell the higher and the lowest
+    cell the lower; so neither a fresh block nor an old one is forgotten.
+    """
+    if last_good is None:
+        return current
+    hot = current if (current.max_cell_v or 0.0) >= (last_good.max_cell_v or 0.0) else last_good
+    return replace(
+        last_good,
+        cvl_v=_lowest(current.cvl_v, last_good.cvl_v),
+        ccl_a=_lowest(current.ccl_a, last_good.ccl_a),
+        dcl_a=_lowest(current.dcl_a, last_good.dcl_a),
+        max_cell_v=_highest(current.max_cell_v, last_good.max_cell_v),
+        min_cell_v=_lowest(current.min_cell_v, last_good.min_cell_v),
+        cells=hot.cells,
+        allow_to_charge=_lowest_int(current.allow_to_charge, last_good.allow_to_charge),
+        allow_to_discharge=_lowest_int(current.allow_to_discharge, last_good.allow_to_discharge),
+        blocking_charge=max(current.blocking_charge or 0, last_good.blocking_charge or 0),
+        blocking_discharge=max(current.blocking_discharge or 0, last_good.blocking_discharge or 0),
+        charge_mode=last_good.charge_mode if current.charge_mode is None else current.charge_mode,
+    )
+
+
+def _lowest_int(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)

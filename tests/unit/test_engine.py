@@ -555,3 +555,75 @@ def test_step_send_cell_voltages() -> None:
     res = step(cfg, EngineState(), [pack("Front Left", cells=4)], AuxSnapshot(), now_s=1.0,
                today=TODAY)
     assert res.values["/Voltages/FrontLeft_Cell4"] == pytest.approx(3.30)
+
+
+# ---------------------------------------------------------------- review findings (regressions)
+
+
+def test_missing_pack_with_high_cell_keeps_cvl_down_and_feed_in_off() -> None:
+    cfg = config(limits={"mode": "own"})
+    a = pack("A", cell_list=[3.30] * 16)
+    b = pack("B", cell_list=[3.30] * 15 + [3.60])
+    st = EngineState(balancing=BalancingState(last_balanced=TODAY))
+    both = step(cfg, st, [a, b], AuxSnapshot(feed_in_setting=1), now_s=1.0, today=TODAY)
+    assert both.feed_in_request == 0 and both.state.high_cell
+    gone = step(cfg, both.state, [a], AuxSnapshot(feed_in_setting=0), now_s=2.0, today=TODAY,
+                missing=[b])
+    assert gone.limits.cvl_v == pytest.approx(both.limits.cvl_v or 0.0)  # 15 x 3.30 + 3.45
+    assert gone.feed_in_request is None and gone.state.feed_in.saved_value == 1
+
+
+def test_missing_pack_lower_cvl_stays_in_bms_minimum() -> None:
+    a, b = pack("A", cvl_v=55.2), pack("B", cvl_v=53.6)
+    both = step(config(), EngineState(), [a, b], AuxSnapshot(), now_s=1.0, today=TODAY)
+    gone = step(config(), both.state, [a], AuxSnapshot(), now_s=2.0, today=TODAY, missing=[b])
+    assert both.limits.cvl_v == pytest.approx(53.6)
+    assert gone.limits.cvl_v == pytest.approx(53.6)
+
+
+def test_implausible_cell_count_is_not_believed() -> None:
+    values = {"/Dc/0/Voltage": 52.8, "/System/NrOfCellsPerBattery": 24,
+              "/System/MaxCellVoltage": 3.31, "/System/MinCellVoltage": 3.29}
+    snap, bad = pack_from_values("svc", "A", values)
+    assert snap.cells_per_battery is None
+    assert [b.path for b in bad] == ["/System/NrOfCellsPerBattery"]
+    ok, bad = pack_from_values("svc", "A", {**values, "/System/NrOfCellsPerBattery": 16})
+    assert ok.cells_per_battery == 16 and not bad
+
+
+def test_mixed_cell_counts_use_the_lower_and_warn() -> None:
+    res = step(config(limits={"mode": "own"}), EngineState(),
+               [pack("A", cells=16), pack("B", cells=15)], AuxSnapshot(), now_s=1.0,
+               today=TODAY)
+    assert res.values["/System/NrOfCellsPerBattery"] == 15
+    assert "cell-counts" in [e.code for e in res.events]
+
+
+def test_counter_keeps_missing_pack_capacity() -> None:
+    cfg = config(soc={"source": "own"})
+    a, b = pack("A", soc_pct=90.0), pack("B", soc_pct=90.0)
+    first = step(cfg, EngineState(), [a, b], AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert first.values["/Soc"] == pytest.approx(90.0)
+    gone = step(cfg, first.state, [a], AuxSnapshot(), now_s=1.0, today=TODAY, missing=[b])
+    back = step(cfg, gone.state, [a, b], AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert back.values["/Soc"] == pytest.approx(90.0)  # not clamped to one pack's capacity
+
+
+def test_no_pack_at_all_raises_the_alarm() -> None:
+    res = step(config(), EngineState(), [], AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert res.values["/Alarms/BmsCable"] == 2
+    assert res.limits.ccl_a == 0.0 and res.limits.dcl_a == 0.0
+
+
+def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
+    from dbus_aggregate_batteries.health import Health, pack_health
+    from dbus_aggregate_batteries.model import most_restrictive
+
+    last = pack("B", ccl_a=100.0, dcl_a=150.0, cell_list=[3.3] * 15 + [3.5])
+    now = pack("B", ccl_a=0.0, allow_to_charge=0, dcl_a=None, max_cell_v=None)
+    worst = most_restrictive(now, last)
+    assert worst.ccl_a == 0.0 and worst.blocks_charge
+    assert worst.dcl_a == pytest.approx(150.0) and worst.max_cell_v == pytest.approx(3.5)
+    health, _ = pack_health(pack("C", ccl_a=None), now_s=1.0, last_change_s=1.0,
+                            probe_failed=False, stale_after_s=30.0, needs_limits=True)
+    assert health is Health.BMS_OFFLINE
