@@ -355,3 +355,36 @@ async def test_watchdog_exits_when_the_loop_is_blocked(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_returning_pack_keeps_its_block_until_healthy(
+    sim3: SimBank, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    app = await start_app(make_bus, tmp_path)
+    try:
+        sim3.packs[1].block_charge(True)
+        await sim3.tick(1.0)
+        await tick_until(app, lambda: app.last_result is not None
+                         and app.last_result.limits.ccl_a == 0.0)
+        spec = sim3.packs[1].spec
+        await sim3.remove_pack(1, release_name=False)
+        name = spec.service_name
+        await wait_until(lambda: name not in app.state.services)
+        assert app.tick().limits.ccl_a == 0.0  # its last known block still holds
+        # The driver comes back, but without its BMS yet (no valid voltage): not healthy.
+        model = await sim3.add_pack(spec)
+        model.set_override("/Dc/0/Voltage", None)
+        await sim3.tick(1.0)
+        await wait_until(lambda: name in app.state.services
+                         and app.state.services[name].kind is Kind.PACK
+                         and app.state.services[name].values.get("/Dc/0/Voltage") is None)
+        assert app.tick().limits.ccl_a == 0.0
+        assert app.counters.health[name] is Health.BMS_OFFLINE
+        # Healthy and no longer blocking: charging is allowed again.
+        model.clear_override("/Dc/0/Voltage")
+        await sim3.tick(1.0)
+        await tick_until(app, lambda: app.last_result is not None
+                         and app.last_result.limits.ccl_a > 0.0)
+        assert app.counters.health[name] is Health.ACTIVE
+    finally:
+        await app.shutdown()
