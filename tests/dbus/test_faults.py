@@ -388,3 +388,39 @@ async def test_returning_pack_keeps_its_block_until_healthy(
         assert app.counters.health[name] is Health.ACTIVE
     finally:
         await app.shutdown()
+
+
+async def test_hung_pack_process_fails_the_probe(
+    bus_address: str, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dbus_aggregate_batteries.sim", "--bus", bus_address,
+        "--batteries", "1", "--tick", "0.2", stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    app = None
+    try:
+        assert sim.stdout is not None
+        async with asyncio.timeout(20):
+            assert b"READY" in await sim.stdout.readline()
+        # Silence alone would take 60 s to count; only the probe can catch it sooner.
+        app = await start_app(make_bus, tmp_path,
+                              fault={"stale_after_s": 60.0, "probe_after_s": 1.0})
+        name = packs_of(app)[0]
+        assert app.counters.health[name] is Health.ACTIVE
+        sim.send_signal(signal.SIGSTOP)  # alive but not answering: a hung driver
+        hung_at = time.monotonic()
+        await tick_until(app, lambda: app.counters.health.get(name) is Health.STALE,
+                         timeout=10)
+        assert time.monotonic() - hung_at < 8
+        assert app.tick().values["/Alarms/BmsCable"] == 2  # no healthy pack left
+        sim.send_signal(signal.SIGCONT)
+        await tick_until(app, lambda: app.counters.health.get(name) is Health.ACTIVE,
+                         timeout=10)
+    finally:
+        if app is not None:
+            await app.shutdown()
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGCONT)
+            sim.terminate()
+            await sim.wait()
