@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from dbus_aggregate_batteries import _dbus
+from dbus_aggregate_batteries.sim.privatebus import BUS_CONFIG
 from dbus_aggregate_batteries.venus import BUSITEM
 
 HERE = Path(__file__).resolve().parent
@@ -84,20 +85,6 @@ TARGET_CPU_PCT = 0.5
 TARGET_RATIO = 1.5
 TARGET_RSS_MB = 45.0
 TARGET_P99_MS = 1000.0 * TICK_S
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={directory}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 # Runs before exec in every child: die with us (PR_SET_PDEATHSIG = 1, SIGTERM), and do not
 # start at all if we are already gone. The setting survives execv.

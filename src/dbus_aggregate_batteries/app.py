@@ -207,9 +207,6 @@ class Application:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _healthy_names(self) -> list[str]:
-        return [n for n, h in self.counters.health.items() if h is Health.ACTIVE]
-
     async def _wait_for_packs(self) -> None:
         """Do not publish limits until the bank is known: a restart must not start at CCL 0."""
         window = self.cfg.fault.startup_window_s

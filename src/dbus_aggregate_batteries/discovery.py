@@ -23,7 +23,7 @@ from dbus_aggregate_batteries import _dbus
 from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType
 from dbus_aggregate_batteries.config import Config
 from dbus_aggregate_batteries.state import BusState, Kind, ServiceState
-from dbus_aggregate_batteries.venus import BUSITEM, SETTINGS_SERVICE, Value
+from dbus_aggregate_batteries.venus import BUSITEM, Value
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ class Monitor:
         self._on_departed = on_departed
         self._rules: dict[str, _Rules] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ignored: set[str] = set()
         self.scans_pending = 0
         d = cfg.discovery
         self._prefixes = tuple(
@@ -132,7 +131,6 @@ class Monitor:
     async def _track(self, name: str, owner: str) -> None:
         now = self._clock()
         svc = self._state.add(name, owner, now)
-        self._ignored.discard(name)
         aux = not (
             name.startswith(self._cfg.discovery.battery_service_prefix)
             or name.startswith(self._cfg.discovery.dcload_service_prefix)
@@ -233,7 +231,6 @@ class Monitor:
 
     def _forget(self, name: str) -> None:
         """Stop listening to a service we do not use."""
-        self._ignored.add(name)
         rules = self._rules.pop(name, None)
         self._state.remove(name)
         if rules is not None and self._bus.connected:
@@ -248,7 +245,6 @@ class Monitor:
     def _departed(self, name: str) -> None:
         rules = self._rules.pop(name, None)
         svc = self._state.remove(name)
-        self._ignored.discard(name)
         if rules is not None and self._bus.connected:
             for rule in (*rules.properties, rules.items):
                 self._spawn(self._remove_rule(rule))
@@ -333,7 +329,3 @@ class Monitor:
             self._spawn(self._remove_rule(rule))
         rules.properties = []
 
-
-def settings_name() -> str:
-    """The localsettings service name (used by later features)."""
-    return SETTINGS_SERVICE

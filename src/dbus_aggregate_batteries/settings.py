@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from dbus_aggregate_batteries import _dbus
 from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType, Variant
+from dbus_aggregate_batteries.export import wrap
 from dbus_aggregate_batteries.venus import BUSITEM, SETTINGS_SERVICE, Value
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class LocalSettings:
         if self._owner is None:
             return {}
         body = [
-            {"path": Variant("s", path), "default": _variant(default)}
+            {"path": Variant("s", path), "default": wrap(default)}
             for path, default in entries.items()
         ]
         try:
@@ -118,7 +119,7 @@ class LocalSettings:
             return False
         try:
             reply = await _dbus.call(self._bus, self._owner, path, "SetValue", BUSITEM, "v",
-                                     (_variant(value),), timeout_s=CALL_TIMEOUT_S)
+                                     (wrap(value),), timeout_s=CALL_TIMEOUT_S)
         except (_dbus.DBusCallError, TimeoutError) as exc:
             log.warning("cannot write %s: %s", path, exc)
             return False
@@ -139,14 +140,3 @@ class LocalSettings:
         if self._owner is not None:
             self._bus.remove_message_handler(self._on_message)
 
-
-def _variant(value: Value) -> Variant:
-    if isinstance(value, bool):
-        return Variant("i", int(value))
-    if isinstance(value, int):
-        return Variant("i", value)
-    if isinstance(value, float):
-        return Variant("d", value)
-    if isinstance(value, str):
-        return Variant("s", value)
-    return Variant("ai", [])

@@ -125,9 +125,3 @@ def _time_to_full(
         return None
     return min(MAX_TIME_S, (installed_ah - charge) / (current_a * cfg.battery_efficiency) * 3600.0)
 
-
-def initial_charge_ah(bms_soc_pct: float | None, installed_ah: float | None) -> float | None:
-    """Charge implied by the capacity-weighted BMS SoC, or None when it cannot be known."""
-    if bms_soc_pct is None or installed_ah is None or installed_ah <= 0.0:
-        return None
-    return bms_soc_pct / 100.0 * installed_ah

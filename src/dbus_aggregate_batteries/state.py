@@ -23,7 +23,6 @@ class Kind(Enum):
     DCLOAD_SHUNT = "dcload-shunt"
     MULTI = "multi"
     SOLAR = "solar"
-    SETTINGS = "settings"
     IGNORED = "ignored"
 
 

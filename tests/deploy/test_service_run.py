@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 from deploy_helpers import APP_REL, NAME, Scripts, clean_env, need
 
-BUS_CONFIG = """<busconfig>
-  <type>system</type>
-  <listen>unix:dir={directory}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy>
-</busconfig>
-"""
+from dbus_aggregate_batteries.sim.privatebus import private_bus
+
 # Stand-in for daemontools' softlimit when it is not installed: the same limits with ulimit.
 SOFTLIMIT_SHIM = """#!/bin/sh
 while [ $# -gt 0 ]; do
@@ -54,23 +47,11 @@ def stop(proc: subprocess.Popen[str]) -> int:
 @pytest.fixture
 def system_bus(tmp_path: Path) -> Iterator[str]:
     """A private dbus-daemon standing in for the system bus."""
-    daemon = need("dbus-daemon", "the private test bus", "dbus")
+    need("dbus-daemon", "the private test bus", "dbus")
     directory = tmp_path / "bus"
     directory.mkdir()
-    (directory / "bus.conf").write_text(BUS_CONFIG.format(directory=directory))
-    proc = subprocess.Popen(
-        [daemon, "--nofork", "--print-address", f"--config-file={directory / 'bus.conf'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().strip()
-    try:
-        assert address, "dbus-daemon did not start"
+    with private_bus(directory) as address:
         yield address
-    finally:
-        stop(proc)
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 class Output:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from dbus_aggregate_batteries import _dbus
 from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType, Variant
-from dbus_aggregate_batteries.export import BusItemService
+from dbus_aggregate_batteries.export import BusItemService, wrap
 from dbus_aggregate_batteries.venus import SETTINGS_SERVICE, Value
 
 SETTINGS_IFACE = "com.victronenergy.Settings"
@@ -99,7 +99,7 @@ class SimSettings:
                     continue
                 value = self._create(path, default)
                 results.append({"path": Variant("s", path), "error": Variant("i", 0),
-                                "value": _wrap(value)})
+                                "value": wrap(value)})
             return Message.new_method_return(msg, "aa{sv}", [results])
         if msg.member == "AddSetting" and msg.path == "/Settings":
             group, name, default = msg.body[0], msg.body[1], _dbus.unwrap(msg.body[2])
@@ -109,12 +109,3 @@ class SimSettings:
             return Message.new_method_return(msg, "i", [0])
         return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", msg.member)
 
-
-def _wrap(value: Value) -> Variant:
-    if isinstance(value, int):
-        return Variant("i", value)
-    if isinstance(value, float):
-        return Variant("d", value)
-    if isinstance(value, str):
-        return Variant("s", value)
-    return Variant("ai", [])
