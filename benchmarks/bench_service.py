@@ -68,9 +68,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dbus_aggregate_batteries import _dbus
+from dbus_aggregate_batteries.core.venus import BUSITEM
+from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.sim.privatebus import BUS_CONFIG
-from dbus_aggregate_batteries.venus import BUSITEM
 
 HERE = Path(__file__).resolve().parent
 FLOOR_SCRIPT = HERE / "floor_subscriber.py"

@@ -26,14 +26,14 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from dbus_aggregate_batteries import _dbus
 from dbus_aggregate_batteries.config import parse_config
-from dbus_aggregate_batteries.engine import EngineState, step
-from dbus_aggregate_batteries.export import BusItemService
-from dbus_aggregate_batteries.model import AuxSnapshot
+from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.model import AuxSnapshot
+from dbus_aggregate_batteries.core.venus import Value, round_for_path
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.export import BusItemService
+from dbus_aggregate_batteries.shell.state import Kind, ServiceState
 from dbus_aggregate_batteries.sim.model import Bank, PackModel, default_pack_specs, sine_profile
-from dbus_aggregate_batteries.state import Kind, ServiceState
-from dbus_aggregate_batteries.venus import Value, round_for_path
 
 
 def published(values: dict[str, Value]) -> dict[str, Value]:

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.venus import BUSITEM
+from dbus_aggregate_batteries.core.venus import BUSITEM
+from dbus_aggregate_batteries.shell import _dbus
 
 BATTERY_PREFIX = "com.victronenergy.battery."
 AGGREGATE = "com.victronenergy.battery.aggregate"

@@ -85,7 +85,7 @@ done
 echo "service after boot: up ($PID1) and registered again: OK"
 
 echo "-- upgrade: a changed module restarts the service"
-echo '# upgraded' >> $BUNDLE/src/dbus_aggregate_batteries/charge.py
+echo '# upgraded' >> $BUNDLE/src/dbus_aggregate_batteries/core/charge.py
 busybox sh $BUNDLE/install.sh | tee /tmp/bundle/upgrade.out
 grep -q 'restarting the service' /tmp/bundle/upgrade.out
 svstat /service/dbus-aggregate-batteries | grep -q "$PID1" && { echo "the service was not restarted"; exit 1; }
@@ -98,7 +98,8 @@ import platform, time
 from importlib.metadata import version
 t = time.monotonic()
 import pydantic_core, pydantic, yaml, dbus_next
-from dbus_aggregate_batteries import cli, app
+from dbus_aggregate_batteries import cli
+from dbus_aggregate_batteries.shell import app
 print("import time under qemu: %.1f s" % (time.monotonic() - t))
 print("machine", platform.machine(), "python", platform.python_version())
 print("pydantic", pydantic.VERSION, "pydantic_core", pydantic_core.__version__)

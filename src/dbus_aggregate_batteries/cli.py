@@ -52,7 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         time.sleep(args.config_error_sleep)
         return EXIT_CONFIG
     _setup_logging(args.log_level or cfg.logging.level)
-    from dbus_aggregate_batteries.app import run_service
+    from dbus_aggregate_batteries.shell.app import run_service
 
     return run_service(cfg, bus=args.bus, state_dir=args.state_dir)
 

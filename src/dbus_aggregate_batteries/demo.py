@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.app import Application
 from dbus_aggregate_batteries.config import Config, load_config, parse_config
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.app import Application
 from dbus_aggregate_batteries.sim.model import PackSpec, default_pack_specs, sine_profile
 from dbus_aggregate_batteries.sim.privatebus import private_bus
 from dbus_aggregate_batteries.sim.services import SimBank

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from dbus_aggregate_batteries import _dbus
+from dbus_aggregate_batteries.shell import _dbus
 
 
 async def _status(bus_spec: str, service: str) -> int:

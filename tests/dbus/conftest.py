@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dbus_aggregate_batteries._dbus import MessageBus, connect, disconnect
+from dbus_aggregate_batteries.shell._dbus import MessageBus, connect, disconnect
 from dbus_aggregate_batteries.sim.privatebus import BUS_CONFIG, private_bus
 
 __all__ = ["BUS_CONFIG"]

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries._dbus import (
+from dbus_aggregate_batteries.core.venus import BUSITEM, Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell._dbus import (
     DBusCallError,
     Message,
     MessageBus,
@@ -28,8 +29,7 @@ from dbus_aggregate_batteries._dbus import (
     remove_match,
     unwrap,
 )
-from dbus_aggregate_batteries.export import BusItemService, NameTakenError, Signals
-from dbus_aggregate_batteries.venus import BUSITEM, Value
+from dbus_aggregate_batteries.shell.export import BusItemService, NameTakenError, Signals
 
 pytestmark = pytest.mark.dbus
 

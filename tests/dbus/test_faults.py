@@ -18,13 +18,13 @@ import pytest
 from conftest import BUS_CONFIG
 from test_service import AGG, get_items, test_config, wait_until
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.app import Application
-from dbus_aggregate_batteries.health import Health
-from dbus_aggregate_batteries.persist import StateFile
+from dbus_aggregate_batteries.core.health import Health
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.app import Application
+from dbus_aggregate_batteries.shell.persist import StateFile
+from dbus_aggregate_batteries.shell.state import Kind
 from dbus_aggregate_batteries.sim.model import PackSpec, constant_profile, default_pack_specs
 from dbus_aggregate_batteries.sim.services import SimBank
-from dbus_aggregate_batteries.state import Kind
 
 MakeBus = Callable[[], Awaitable[_dbus.MessageBus]]
 PACK_PATH_NAMES = ("/Dc/0/Voltage", "/Dc/0/Current", "/Soc", "/Voltages/Cell3")
@@ -314,8 +314,8 @@ async def test_consecutive_tick_failures_exit_nonzero(
 
 BLOCKER = """
 import asyncio, sys, time
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.app import Application
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.app import Application
 from dbus_aggregate_batteries.config import parse_config
 
 async def main() -> int:

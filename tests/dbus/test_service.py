@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.app import Application
 from dbus_aggregate_batteries.config import Config, parse_config
-from dbus_aggregate_batteries.engine import EngineState, step
-from dbus_aggregate_batteries.model import AuxSnapshot, pack_from_values
-from dbus_aggregate_batteries.persist import StateFile
+from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.model import AuxSnapshot, pack_from_values
+from dbus_aggregate_batteries.core.venus import round_for_path
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.app import Application
+from dbus_aggregate_batteries.shell.persist import StateFile
 from dbus_aggregate_batteries.sim.model import PackSpec, constant_profile, default_pack_specs
 from dbus_aggregate_batteries.sim.services import SimBank
-from dbus_aggregate_batteries.venus import round_for_path
 
 AGG = "com.victronenergy.battery.aggregate"
 MakeBus = Callable[[], Awaitable[_dbus.MessageBus]]

@@ -9,8 +9,8 @@ import pytest
 from test_faults import start_app, tick_until
 from test_service import AGG, get_items
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.persist import StateFile
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.persist import StateFile
 from dbus_aggregate_batteries.sim.model import constant_profile, default_pack_specs
 from dbus_aggregate_batteries.sim.services import SimBank
 from dbus_aggregate_batteries.sim.settings import SimSettings

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries._dbus import MessageBus, MessageType, Variant, call, unwrap
+from dbus_aggregate_batteries.core.venus import BUSITEM
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell._dbus import MessageBus, MessageType, Variant, call, unwrap
 from dbus_aggregate_batteries.sim.model import PackModel, PackSpec, constant_profile
 from dbus_aggregate_batteries.sim.services import DeviceService, SimBank
-from dbus_aggregate_batteries.venus import BUSITEM
 
 pytestmark = pytest.mark.dbus
 

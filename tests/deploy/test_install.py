@@ -111,7 +111,7 @@ def test_upgrade_keeps_config_and_state(
     kept = {p: (app / p).stat().st_mtime_ns for p in (
         "config.yaml", "state/soc.json", "service/down", "service/supervise/status")}
     # What an older version left: a changed module, a dropped module and a stale dependency.
-    (app / "src/dbus_aggregate_batteries/soc.py").write_text("# old version\n")
+    (app / "src/dbus_aggregate_batteries/core/soc.py").write_text("# old version\n")
     (app / "src/dbus_aggregate_batteries/old_module.py").write_text("x = 1\n")
     (app / "lib" / ARCH / "stale_dep/sub").mkdir(parents=True)
     (app / "lib" / ARCH / "stale_dep/sub/__init__.py").write_text("")
@@ -122,7 +122,7 @@ def test_upgrade_keeps_config_and_state(
     # the new release: the same bundle with one module changed
     new = tmp_path / "new-bundle"
     shutil.copytree(scripts.bundle, new, symlinks=True)
-    changed = new / "src/dbus_aggregate_batteries/charge.py"
+    changed = new / "src/dbus_aggregate_batteries/core/charge.py"
     changed.write_text(changed.read_text() + "\n# 0.1.1\n")
     res = scripts.run(new / "install.sh", "--root", str(venus_root), "--verbose")
     out = ok(res)
@@ -134,7 +134,7 @@ def test_upgrade_keeps_config_and_state(
         assert (app / p).stat().st_mtime_ns == mtime, p
     src = app / "src/dbus_aggregate_batteries"
     assert (src / "soc.py").read_bytes() == (
-        scripts.bundle / "src/dbus_aggregate_batteries/soc.py").read_bytes()
+        scripts.bundle / "src/dbus_aggregate_batteries/core/soc.py").read_bytes()
     assert (src / "charge.py").read_bytes() == changed.read_bytes()
     assert not (src / "old_module.py").exists()
     assert not (app / "lib" / ARCH / "stale_dep").exists()
@@ -184,7 +184,7 @@ def test_invalid_config_stops_the_upgrade(scripts: Scripts, venus_root: Path) ->
     ok(scripts.install(venus_root))
     app = venus_root / APP_REL
     (app / "config.yaml").write_text(INVALID_CONFIG)
-    (app / "src/dbus_aggregate_batteries/soc.py").write_text("# old version\n")
+    (app / "src/dbus_aggregate_batteries/core/soc.py").write_text("# old version\n")
     before = snapshot(venus_root)
     for args in ((), ("--dry-run",)):
         res = scripts.install(venus_root, *args)

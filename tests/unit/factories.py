@@ -6,8 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 from dbus_aggregate_batteries.config import Config, parse_config
-from dbus_aggregate_batteries.model import PackSnapshot
-from dbus_aggregate_batteries.venus import ALARM_PATHS
+from dbus_aggregate_batteries.core.model import PackSnapshot
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS
 
 
 def pack(name: str = "A", cells: int = 16, cell_v: float = 3.30, **kw: Any) -> PackSnapshot:

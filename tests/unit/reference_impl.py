@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from dbus_aggregate_batteries.model import PackSnapshot
+from dbus_aggregate_batteries.core.model import PackSnapshot
 
 # Victron shows at most 10 days of time-to-go (soc.py docstring and Venus convention).
 TEN_DAYS_S = 10 * 24 * 3600.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from factories import config, pack
 
-from dbus_aggregate_batteries.aggregate import merge_packs
-from dbus_aggregate_batteries.charge import (
+from dbus_aggregate_batteries.core.aggregate import merge_packs
+from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
     FeedInState,
@@ -20,38 +20,58 @@ from dbus_aggregate_batteries.charge import (
     step_balancing,
     step_feed_in,
 )
-from dbus_aggregate_batteries.current import bank_current
-from dbus_aggregate_batteries.engine import EngineState, step
-from dbus_aggregate_batteries.limits import (
+from dbus_aggregate_batteries.core.current import bank_current
+from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.limits import (
     bms_current_limits,
     bms_cvl,
     interpolate,
     own_current_limits,
     update_discharge_latch,
 )
-from dbus_aggregate_batteries.model import AuxSnapshot, DeviceCurrent, pack_from_values
-from dbus_aggregate_batteries.soc import CounterState, step_counter
+from dbus_aggregate_batteries.core.model import AuxSnapshot, DeviceCurrent, pack_from_values
+from dbus_aggregate_batteries.core.soc import CounterState, step_counter
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "dbus_aggregate_batteries"
-PURE = ["model", "aggregate", "current", "soc", "charge", "limits", "engine", "venus"]
+PKG = Path(__file__).resolve().parents[2] / "src" / "dbus_aggregate_batteries"
+CORE = sorted((PKG / "core").glob("*.py"))
 FORBIDDEN = {"asyncio", "logging", "time", "os", "pathlib", "socket", "io", "shutil",
-             "dbus_next", "dbus_fast", "dbus_aggregate_batteries._dbus",
-             "dbus_aggregate_batteries.export", "subprocess", "threading"}
+             "dbus_next", "dbus_fast", "dbus_aggregate_batteries.shell", "subprocess",
+             "threading", "dbus_aggregate_batteries.sim"}
 TODAY = date(2026, 6, 15)
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_modules_import_no_io(module: str) -> None:
-    tree = ast.parse((SRC / f"{module}.py").read_text())
+def _imports(path: Path) -> set[str]:
     imported: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    roots = {name.split(".")[0] for name in imported} | imported
-    assert not roots & FORBIDDEN, f"{module} imports {roots & FORBIDDEN}"
-    assert "datetime.now" not in (SRC / f"{module}.py").read_text()
+    return imported
+
+
+def test_core_folder_is_the_pure_core() -> None:
+    names = {p.stem for p in CORE}
+    assert {"engine", "model", "aggregate", "limits", "health"} <= names
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.stem)
+def test_pure_modules_import_no_io(path: Path) -> None:
+    imported = _imports(path)
+    prefixes = {".".join(name.split(".")[:i]) for name in imported
+                for i in range(1, name.count(".") + 2)}
+    assert not prefixes & FORBIDDEN, f"{path.stem} imports {prefixes & FORBIDDEN}"
+    assert "datetime.now" not in path.read_text()
+    assert "date.today" not in path.read_text()
+
+
+def test_only_one_module_imports_a_dbus_library() -> None:
+    importers = {
+        str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+        if any(n.split(".")[0] in {"dbus_next", "dbus_fast", "dbus"} for n in _imports(p))
+    }
+    # _dbus.py picks dbus-fast or dbus-next with importlib; nothing else may import either.
+    assert importers <= {"shell/_dbus.py"}, importers
 
 
 # ---------------------------------------------------------------- merge
@@ -616,8 +636,8 @@ def test_no_pack_at_all_raises_the_alarm() -> None:
 
 
 def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
-    from dbus_aggregate_batteries.health import Health, pack_health
-    from dbus_aggregate_batteries.model import most_restrictive
+    from dbus_aggregate_batteries.core.health import Health, pack_health
+    from dbus_aggregate_batteries.core.model import most_restrictive
 
     last = pack("B", ccl_a=100.0, dcl_a=150.0, cell_list=[3.3] * 15 + [3.5])
     now = pack("B", ccl_a=0.0, allow_to_charge=0, dcl_a=None, max_cell_v=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dbus_aggregate_batteries.persist import SavedState, StateFile, decode, encode
+from dbus_aggregate_batteries.shell.persist import SavedState, StateFile, decode, encode
 
 STATE = SavedState(charge_ah=123.456, last_balanced=date(2024, 2, 29), balancing_phase="hold",
                    feed_in_saved=1)
@@ -57,7 +57,7 @@ def test_damaged_file_is_moved_aside(tmp_path: Path, kind: str,
 
 WRITER = """
 import sys, time
-from dbus_aggregate_batteries.persist import SavedState, StateFile
+from dbus_aggregate_batteries.shell.persist import SavedState, StateFile
 sf = StateFile(sys.argv[1])
 for n in range(int(sys.argv[2]), int(sys.argv[3])):
     sf.save(SavedState(charge_ah=float(n)))

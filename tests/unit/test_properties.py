@@ -18,23 +18,23 @@ import reference_impl as ref
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from dbus_aggregate_batteries.aggregate import merge_packs
-from dbus_aggregate_batteries.charge import (
+from dbus_aggregate_batteries.config import PRESETS, Config, Table, parse_config
+from dbus_aggregate_batteries.core.aggregate import merge_packs
+from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
     dynamic_cvl,
     step_balancing,
 )
-from dbus_aggregate_batteries.config import PRESETS, Config, Table, parse_config
-from dbus_aggregate_batteries.engine import EngineState, step
-from dbus_aggregate_batteries.limits import (
+from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.limits import (
     bms_current_limits,
     bms_cvl,
     interpolate,
     own_current_limits,
     update_discharge_latch,
 )
-from dbus_aggregate_batteries.model import (
+from dbus_aggregate_batteries.core.model import (
     INT_RANGES,
     RANGES,
     AuxSnapshot,
@@ -42,8 +42,8 @@ from dbus_aggregate_batteries.model import (
     PackSnapshot,
     pack_from_values,
 )
-from dbus_aggregate_batteries.soc import CounterState, step_counter
-from dbus_aggregate_batteries.venus import ALARM_PATHS
+from dbus_aggregate_batteries.core.soc import CounterState, step_counter
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS
 
 BASE = settings(
     deadline=None,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from dbus_aggregate_batteries.venus import Value
+from dbus_aggregate_batteries.core.venus import Value
 
 Chemistry = Literal["lfp", "lto"]
 Layout = Literal["v2", "v014"]

@@ -16,8 +16,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries.export import BusItemService
+from dbus_aggregate_batteries.core.venus import Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.export import BusItemService
 from dbus_aggregate_batteries.sim.model import (
     Bank,
     DeviceModel,
@@ -30,7 +31,6 @@ from dbus_aggregate_batteries.sim.model import (
     constant_profile,
     sine_profile,
 )
-from dbus_aggregate_batteries.venus import Value
 
 log = logging.getLogger(__name__)
 

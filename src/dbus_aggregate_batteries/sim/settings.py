@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType, Variant
-from dbus_aggregate_batteries.export import BusItemService, wrap
-from dbus_aggregate_batteries.venus import SETTINGS_SERVICE, Value
+from dbus_aggregate_batteries.core.venus import SETTINGS_SERVICE, Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell._dbus import Message, MessageBus, MessageType, Variant
+from dbus_aggregate_batteries.shell.export import BusItemService, wrap
 
 SETTINGS_IFACE = "com.victronenergy.Settings"
 DEFAULTS: dict[str, Value] = {"/Settings/CGwacs/OvervoltageFeedIn": 1}

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dbus_aggregate_batteries.config import BmsLimitsConfig, OwnLimitsConfig, Table
-from dbus_aggregate_batteries.model import Event, PackSnapshot, Severity
+from dbus_aggregate_batteries.core.model import Event, PackSnapshot, Severity
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from dbus_aggregate_batteries.venus import ALARM_PATHS, Value
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 # Plausible ranges; outside them a value is treated as missing (bad data, not physics).
 RANGES: dict[str, tuple[float, float]] = {

@@ -24,7 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ._dbus import (
+from dbus_aggregate_batteries.core.venus import BUSITEM, Value, round_for_path, text_for_path
+from dbus_aggregate_batteries.shell._dbus import (
     Message,
     MessageBus,
     MessageFlag,
@@ -34,7 +35,6 @@ from ._dbus import (
     Variant,
     unwrap,
 )
-from .venus import BUSITEM, Value, round_for_path, text_for_path
 
 __all__ = ["BusItemService", "NameTakenError", "Signals", "wrap"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType, Variant
-from dbus_aggregate_batteries.export import wrap
-from dbus_aggregate_batteries.venus import BUSITEM, SETTINGS_SERVICE, Value
+from dbus_aggregate_batteries.core.venus import BUSITEM, SETTINGS_SERVICE, Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell._dbus import Message, MessageBus, MessageType, Variant
+from dbus_aggregate_batteries.shell.export import wrap
 
 log = logging.getLogger(__name__)
 

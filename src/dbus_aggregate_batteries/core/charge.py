@@ -30,7 +30,7 @@ from datetime import date
 from enum import Enum
 
 from dbus_aggregate_batteries.config import OwnLimitsConfig
-from dbus_aggregate_batteries.model import Event, PackSnapshot, Severity
+from dbus_aggregate_batteries.core.model import Event, PackSnapshot, Severity
 
 
 class BalancePhase(Enum):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from dbus_aggregate_batteries.model import PackSnapshot
-from dbus_aggregate_batteries.venus import ALARM_PATHS
+from dbus_aggregate_batteries.core.model import PackSnapshot
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS
 
 _BMS_CABLE = ALARM_PATHS.index("/Alarms/BmsCable")
 

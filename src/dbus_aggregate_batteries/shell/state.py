@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from dbus_aggregate_batteries.model import BadValue, PackSnapshot, pack_from_values
-from dbus_aggregate_batteries.venus import Value
+from dbus_aggregate_batteries.core.model import BadValue, PackSnapshot, pack_from_values
+from dbus_aggregate_batteries.core.venus import Value
 
 
 class Kind(Enum):

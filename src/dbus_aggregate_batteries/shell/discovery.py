@@ -19,11 +19,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_aggregate_batteries import _dbus
-from dbus_aggregate_batteries._dbus import Message, MessageBus, MessageType
 from dbus_aggregate_batteries.config import Config
-from dbus_aggregate_batteries.state import BusState, Kind, ServiceState
-from dbus_aggregate_batteries.venus import BUSITEM, Value
+from dbus_aggregate_batteries.core.venus import BUSITEM, Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell._dbus import Message, MessageBus, MessageType
+from dbus_aggregate_batteries.shell.state import BusState, Kind, ServiceState
 
 log = logging.getLogger(__name__)
 

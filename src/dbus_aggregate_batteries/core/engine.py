@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 
-from dbus_aggregate_batteries.aggregate import Merged, merge_packs
-from dbus_aggregate_batteries.charge import (
+from dbus_aggregate_batteries.config import Config
+from dbus_aggregate_batteries.core.aggregate import Merged, merge_packs
+from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
     FeedInState,
@@ -33,18 +34,17 @@ from dbus_aggregate_batteries.charge import (
     step_balancing,
     step_feed_in,
 )
-from dbus_aggregate_batteries.config import Config
-from dbus_aggregate_batteries.current import bank_current
-from dbus_aggregate_batteries.limits import (
+from dbus_aggregate_batteries.core.current import bank_current
+from dbus_aggregate_batteries.core.limits import (
     CurrentLimits,
     bms_current_limits,
     bms_cvl,
     own_current_limits,
     update_discharge_latch,
 )
-from dbus_aggregate_batteries.model import AuxSnapshot, Event, PackSnapshot, Severity
-from dbus_aggregate_batteries.soc import CounterState, SocOutput, step_counter
-from dbus_aggregate_batteries.venus import ALARM_PATHS, Value
+from dbus_aggregate_batteries.core.model import AuxSnapshot, Event, PackSnapshot, Severity
+from dbus_aggregate_batteries.core.soc import CounterState, SocOutput, step_counter
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
 

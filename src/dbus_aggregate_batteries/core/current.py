@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dbus_aggregate_batteries.aggregate import Merged
 from dbus_aggregate_batteries.config import CurrentConfig
-from dbus_aggregate_batteries.model import AuxSnapshot, Event, Severity
+from dbus_aggregate_batteries.core.aggregate import Merged
+from dbus_aggregate_batteries.core.model import AuxSnapshot, Event, Severity
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dbus_aggregate_batteries.model import PackSnapshot
-from dbus_aggregate_batteries.venus import ALARM_PATHS
+from dbus_aggregate_batteries.core.model import PackSnapshot
+from dbus_aggregate_batteries.core.venus import ALARM_PATHS
 
 T = TypeVar("T")
 

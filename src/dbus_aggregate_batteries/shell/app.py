@@ -20,14 +20,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from dbus_aggregate_batteries import __version__, _dbus
-from dbus_aggregate_batteries.charge import BalancePhase
+from dbus_aggregate_batteries import __version__
 from dbus_aggregate_batteries.config import Config
-from dbus_aggregate_batteries.discovery import Monitor
-from dbus_aggregate_batteries.engine import EngineState, StepResult, restore_state, step
-from dbus_aggregate_batteries.export import BusItemService, NameTakenError
-from dbus_aggregate_batteries.health import Health, pack_health
-from dbus_aggregate_batteries.model import (
+from dbus_aggregate_batteries.core.charge import BalancePhase
+from dbus_aggregate_batteries.core.engine import EngineState, StepResult, restore_state, step
+from dbus_aggregate_batteries.core.health import Health, pack_health
+from dbus_aggregate_batteries.core.model import (
     AuxSnapshot,
     DeviceCurrent,
     PackSnapshot,
@@ -35,15 +33,18 @@ from dbus_aggregate_batteries.model import (
     device_current,
     most_restrictive,
 )
-from dbus_aggregate_batteries.persist import SavedState, StateFile
-from dbus_aggregate_batteries.settings import (
+from dbus_aggregate_batteries.core.venus import SERVICE_PREFIX, Value
+from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.discovery import Monitor
+from dbus_aggregate_batteries.shell.export import BusItemService, NameTakenError
+from dbus_aggregate_batteries.shell.persist import SavedState, StateFile
+from dbus_aggregate_batteries.shell.settings import (
     FEED_IN_PATH,
     LocalSettings,
     device_key,
     parse_instance,
 )
-from dbus_aggregate_batteries.state import BusState, Kind, ServiceState
-from dbus_aggregate_batteries.venus import SERVICE_PREFIX, Value
+from dbus_aggregate_batteries.shell.state import BusState, Kind, ServiceState
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .venus import BUSITEM
+from dbus_aggregate_batteries.core.venus import BUSITEM
 
 __all__ = [
     "LIBRARY",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dbus_aggregate_batteries.config import SocConfig
-from dbus_aggregate_batteries.model import Event, Severity
+from dbus_aggregate_batteries.core.model import Event, Severity
 
 # Victron caps time-to-go at 10 days; beyond that the number means nothing to anyone.
 MAX_TIME_S = 864_000.0
