@@ -133,9 +133,9 @@ def test_upgrade_keeps_config_and_state(
     for p, mtime in kept.items():
         assert (app / p).stat().st_mtime_ns == mtime, p
     src = app / "src/dbus_aggregate_batteries"
-    assert (src / "soc.py").read_bytes() == (
+    assert (src / "core/soc.py").read_bytes() == (
         scripts.bundle / "src/dbus_aggregate_batteries/core/soc.py").read_bytes()
-    assert (src / "charge.py").read_bytes() == changed.read_bytes()
+    assert (src / "core/charge.py").read_bytes() == changed.read_bytes()
     assert not (src / "old_module.py").exists()
     assert not (app / "lib" / ARCH / "stale_dep").exists()
     assert not (app / "lib/armv7l").exists()
