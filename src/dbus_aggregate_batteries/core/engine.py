@@ -35,6 +35,12 @@ from dbus_aggregate_batteries.core.charge import (
     step_feed_in,
 )
 from dbus_aggregate_batteries.core.current import bank_current
+from dbus_aggregate_batteries.core.history import (
+    HistoryInput,
+    HistoryState,
+    history_values,
+    step_history,
+)
 from dbus_aggregate_batteries.core.limits import (
     CurrentLimits,
     bms_current_limits,
@@ -47,6 +53,8 @@ from dbus_aggregate_batteries.core.soc import CounterState, SocOutput, step_coun
 from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
+LOW_VOLTAGE_INDEX = ALARM_PATHS.index("/Alarms/LowVoltage")
+HIGH_VOLTAGE_INDEX = ALARM_PATHS.index("/Alarms/HighVoltage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,7 @@ class EngineState:
     degraded: bool = False
     last_cvl_v: float | None = None
     no_healthy_since_s: float | None = None
+    history: HistoryState = field(default_factory=HistoryState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,10 @@ class StepResult:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
 
 
 def _cell_path_name(label: str) -> str:
@@ -190,6 +203,26 @@ def step(
             time_to_go_s=merged.time_to_go_s,
             time_to_full_s=None,
         )
+
+    history, ev = step_history(
+        state.history,
+        HistoryInput(
+            healthy=bool(healthy),
+            voltage_v=merged.voltage_v,
+            current_a=current.current_a,
+            soc_pct=soc_out.soc_pct,
+            consumed_ah=soc_out.consumed_ah,
+            min_cell_v=merged.min_cell_v,
+            max_cell_v=merged.max_cell_v,
+            min_temperature_c=_first(merged.min_cell_temp_c, merged.temperature_c),
+            max_temperature_c=_first(merged.max_cell_temp_c, merged.temperature_c),
+            low_voltage_alarm=merged.alarms[LOW_VOLTAGE_INDEX],
+            high_voltage_alarm=merged.alarms[HIGH_VOLTAGE_INDEX],
+        ),
+        now_s=now_s,
+        max_gap_s=cfg.soc.max_gap_s,
+    )
+    events.extend(ev)
 
     balancing = state.balancing
     feed_in = state.feed_in
@@ -321,8 +354,10 @@ def step(
         degraded=degraded,
         last_cvl_v=cvl,
         no_healthy_since_s=no_healthy_since,
+        history=history,
     )
     values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
+    values.update(history_values(history))
     alarms = list(merged.alarms)
     if degraded:
         level = 2 if not healthy else 1
@@ -405,6 +440,7 @@ def restore_state(
     last_balanced: date | None,
     phase: BalancePhase = BalancePhase.IDLE,
     feed_in_saved: int | None = None,
+    history: HistoryState | None = None,
 ) -> EngineState:
     """Rebuild the engine state from what the shell persisted."""
     return replace(
@@ -412,4 +448,5 @@ def restore_state(
         counter=CounterState(counter_charge_ah, None),
         balancing=BalancingState(phase, last_balanced),
         feed_in=FeedInState(feed_in_saved),
+        history=history if history is not None else HistoryState(),
     )

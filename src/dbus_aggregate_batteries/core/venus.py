@@ -77,6 +77,19 @@ PRECISION: dict[str, int] = {
     "/Info/MaxChargeCurrent": 1,
     "/Info/MaxDischargeCurrent": 1,
     "/Info/BatteryLowVoltage": 2,
+    # History: the resolution of a BMV's own history records (VE.Direct H1..H18).
+    "/History/ChargedEnergy": 2,
+    "/History/DischargedEnergy": 2,
+    "/History/TotalAhDrawn": 1,
+    "/History/DeepestDischarge": 1,
+    "/History/LastDischarge": 1,
+    "/History/AverageDischarge": 1,
+    "/History/MinimumVoltage": 2,
+    "/History/MaximumVoltage": 2,
+    "/History/MinimumCellVoltage": 3,
+    "/History/MaximumCellVoltage": 3,
+    "/History/MinimumTemperature": 1,
+    "/History/MaximumTemperature": 1,
 }
 CELL_PRECISION = 3
 
@@ -102,6 +115,19 @@ TEXT: dict[str, Callable[[Value], str]] = {
     "/Info/MaxDischargeCurrent": _fmt(".1f", "A"),
     "/Info/BatteryLowVoltage": _fmt(".2f", "V"),
     "/ProductId": _hex,
+    "/History/ChargedEnergy": _fmt(".2f", "kWh"),
+    "/History/DischargedEnergy": _fmt(".2f", "kWh"),
+    "/History/TotalAhDrawn": _fmt(".1f", "Ah"),
+    "/History/DeepestDischarge": _fmt(".1f", "Ah"),
+    "/History/LastDischarge": _fmt(".1f", "Ah"),
+    "/History/AverageDischarge": _fmt(".1f", "Ah"),
+    "/History/MinimumVoltage": _fmt(".2f", "V"),
+    "/History/MaximumVoltage": _fmt(".2f", "V"),
+    "/History/MinimumCellVoltage": _fmt(".3f", "V"),
+    "/History/MaximumCellVoltage": _fmt(".3f", "V"),
+    "/History/MinimumTemperature": _fmt(".1f", "°C"),
+    "/History/MaximumTemperature": _fmt(".1f", "°C"),
+    "/History/TimeSinceLastFullCharge": _seconds,
 }
 _CELL_TEXT = _fmt(".3f", "V")
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from dbus_aggregate_batteries.config import Config
 from dbus_aggregate_batteries.core.charge import BalancePhase
 from dbus_aggregate_batteries.core.engine import EngineState, StepResult, restore_state, step
 from dbus_aggregate_batteries.core.health import Health, pack_health
+from dbus_aggregate_batteries.core.history import COUNT_FIELDS, clear_history
 from dbus_aggregate_batteries.core.model import (
     AuxSnapshot,
     DeviceCurrent,
@@ -132,6 +133,7 @@ class Application:
         self._last_probe: dict[str, float] = {}
         self._saved: SavedState | None = None
         self._saved_at = -1e18
+        self._history_cleared = False
         self._save_task: asyncio.Task[None] | None = None
         self._last_summary = 0.0
         self._last_tick_done = 0.0
@@ -149,6 +151,7 @@ class Application:
                 saved.last_balanced,
                 BalancePhase(saved.balancing_phase),
                 saved.feed_in_saved,
+                saved.history,
             )
             log.info(
                 "restored state: charge %s Ah, last balancing %s",
@@ -162,10 +165,13 @@ class Application:
             **identity_values(self.cfg, self.custom_name, self.device_instance),
             **result.values,
         }
+        writable = {
+            "/CustomName": self._custom_name_changed,
+            "/History/Clear": self._history_clear,
+        }
         for path, value in values.items():
             self.service.add_path(
-                path, value, writable=path == "/CustomName",
-                on_change=self._custom_name_changed if path == "/CustomName" else None,
+                path, value, writable=path in writable, on_change=writable.get(path)
             )
         await self.service.register()
         self.registered = True
@@ -237,6 +243,16 @@ class Application:
         log.info("custom name set to %r", value)
         if self.settings.available:
             self._spawn(self.settings.set(f"{self._settings_base}/CustomName", value))
+        return True
+
+    def _history_clear(self, path: str, value: Value) -> bool:
+        # The GUI's "Clear history" button writes 1; anything else is refused (velib's 2).
+        if value != 1 or isinstance(value, bool):
+            log.warning("%s: refused write of %.20r (write 1 to clear the history)", path, value)
+            return False
+        self.engine = replace(self.engine, history=clear_history(self.engine.history))
+        self._history_cleared = True
+        log.info("bank history cleared on request")
         return True
 
     def _departed(self, svc: ServiceState) -> None:
@@ -361,6 +377,7 @@ class Application:
             last_balanced=e.balancing.last_balanced,
             balancing_phase=e.balancing.phase.value,
             feed_in_saved=e.feed_in.saved_value,
+            history=replace(e.history, last_s=None),
         )
 
     def _persist_if_due(self, now: float, result: StepResult) -> None:
@@ -368,18 +385,23 @@ class Application:
         if want == self._saved or (self._save_task is not None and not self._save_task.done()):
             return
         old = self._saved
-        urgent = old is None or (
+        urgent = self._history_cleared or old is None or (
             (want.last_balanced, want.balancing_phase, want.feed_in_saved)
             != (old.last_balanced, old.balancing_phase, old.feed_in_saved)
         )
         if not urgent and old is not None:
             installed = result.merged.installed_capacity_ah or 0.0
             moved = abs((want.charge_ah or 0.0) - (old.charge_ah or 0.0))
-            if moved < self.cfg.soc.save_every_fraction * installed:
+            # A counted history event is saved without waiting for the charge to move (still
+            # rate-limited below: a flapping alarm must not wear the flash).
+            if moved < self.cfg.soc.save_every_fraction * installed and not _counts_changed(
+                want, old
+            ):
                 return
             if now - self._saved_at < self.cfg.soc.min_save_interval_s:
                 return
         self._saved_at = now
+        self._history_cleared = False
         self._save_task = asyncio.ensure_future(self._save(want))
 
     async def _save(self, want: SavedState) -> None:
@@ -505,6 +527,12 @@ class Application:
                 await asyncio.wait_for(self.service.unregister(), 2.0)
             except (TimeoutError, _dbus.DBusCallError, Exception) as exc:
                 log.debug("releasing the name failed: %s", exc)
+
+
+def _counts_changed(new: SavedState, old: SavedState) -> bool:
+    if new.history is None or old.history is None:
+        return new.history is not old.history
+    return any(getattr(new.history, f) != getattr(old.history, f) for f in COUNT_FIELDS)
 
 
 def _fmt(value: object, places: int) -> str:

@@ -1,9 +1,13 @@
-"""Crash-safe state file: the Coulomb counter, the balancing state and the remembered feed-in.
+"""Crash-safe state file: the Coulomb counter, the balancing state, the remembered feed-in and
+the bank history.
 
 A write goes to a temporary file in the same directory, is fsynced, renamed over the old file
 and the directory is fsynced, so after a power cut at any instant the file holds either the
 old or the new complete content.  The content carries a format version and a SHA-256 checksum;
 a file that fails either check is renamed aside (kept for inspection) and treated as absent.
+
+The history is an optional ``history`` object in the same format version: files written before
+it existed load with an empty history, and a version without it ignores the key.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from dbus_aggregate_batteries.core.history import HistoryState, history_from_dict, history_to_dict
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -34,6 +40,7 @@ class SavedState:
     last_balanced: date | None = None
     balancing_phase: str = "idle"
     feed_in_saved: int | None = None
+    history: HistoryState | None = None
 
 
 def _checksum(payload: dict[str, Any]) -> str:
@@ -50,6 +57,8 @@ def encode(state: SavedState) -> bytes:
         "balancing_phase": state.balancing_phase,
         "feed_in_saved": state.feed_in_saved,
     }
+    if state.history is not None:
+        payload["history"] = history_to_dict(state.history)
     doc = {**payload, "checksum": _checksum(payload)}
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
@@ -79,11 +88,15 @@ def decode(raw: bytes) -> SavedState:
         raise ValueError(f"bad balancing_phase {phase!r}")
     if feed_in is not None and (isinstance(feed_in, bool) or not isinstance(feed_in, int)):
         raise ValueError(f"bad feed_in_saved {feed_in!r}")
+    history = doc.get("history")
+    if history is not None and not isinstance(history, dict):
+        raise ValueError(f"bad history {history!r}")
     return SavedState(
         charge_ah=float(charge) if charge is not None else None,
         last_balanced=date.fromisoformat(last) if isinstance(last, str) else None,
         balancing_phase=phase,
         feed_in_saved=feed_in,
+        history=history_from_dict(history) if history is not None else None,
     )
 
 
