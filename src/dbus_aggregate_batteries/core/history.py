@@ -138,102 +138,125 @@ def step_history(
     state: HistoryState, inp: HistoryInput, *, now_s: float, max_gap_s: float
 ) -> tuple[HistoryState, tuple[Event, ...]]:
     """Advance the history to ``now_s`` (monotonic seconds) with this tick's bank values."""
-    events: list[Event] = []
     dt = None if state.last_s is None else now_s - state.last_s
     since_full = state.since_full_s
     if since_full is not None and dt is not None and dt > 0.0:
         # Time passes whatever the data: the clock alone moves this one.
         since_full += dt
-    s = replace(state, last_s=now_s, since_full_s=since_full)
     if not inp.healthy:
-        return s, ()
+        return replace(state, last_s=now_s, since_full_s=since_full), ()
 
+    # Locals and one construction at the end: this runs every tick.
     voltage = _finite(inp.voltage_v)
     current = _finite(inp.current_a)
     soc = _finite(inp.soc_pct)
     consumed = _finite(inp.consumed_ah)
+    events: list[Event] = []
+    drawn = state.total_ah_drawn
+    charged = state.charged_kwh
+    discharged = state.discharged_kwh
 
     # Integrate only over a plausible step of live data (like the Coulomb counter).
     if current is not None and dt is not None and 0.0 <= dt <= max_gap_s:
         ah = current * dt / 3600.0
         if current < 0.0:
-            s = replace(s, total_ah_drawn=s.total_ah_drawn + ah)
+            drawn += ah
         if voltage is not None:
             kwh = voltage * ah / 1000.0
             if kwh > 0.0:
-                s = replace(s, charged_kwh=s.charged_kwh + kwh)
+                charged += kwh
             elif kwh < 0.0:
-                s = replace(s, discharged_kwh=s.discharged_kwh - kwh)
+                discharged -= kwh
 
+    cycles = state.charge_cycles
+    syncs = state.automatic_syncs
+    empties = state.full_discharges
+    cycle_armed = state.cycle_armed
+    sync_armed = state.sync_armed
+    empty_armed = state.empty_armed
+    at_full = state.at_full
+    last_discharge = state.last_discharge_ah
     if soc is not None:
-        s, ev = _soc_events(s, soc)
-        events.extend(ev)
+        if soc < CYCLE_LOW_PCT:
+            cycle_armed = True
+        if soc < SYNC_ARM_PCT:
+            sync_armed = True
+        if cycle_armed and soc > CYCLE_HIGH_PCT:
+            cycle_armed = False
+            cycles += 1
+            events.append(Event(Severity.INFO, "history-cycle", f"charge cycle {cycles} counted"))
+        full = soc >= FULL_PCT
+        if full:
+            if not at_full:
+                # A new full charge: the "current cycle" of LastDischarge starts again.
+                last_discharge = None
+                if sync_armed:
+                    sync_armed = False
+                    syncs += 1
+                    events.append(
+                        Event(Severity.INFO, "history-sync",
+                              f"full charge: synchronisation {syncs} counted")
+                    )
+            since_full = 0.0
+        at_full = full
+        if soc > EMPTY_REARM_PCT:
+            empty_armed = True
+        elif soc < EMPTY_PCT and empty_armed:
+            empty_armed = False
+            empties += 1
+            events.append(
+                Event(Severity.WARNING, "history-full-discharge",
+                      f"SoC at 0 %: full discharge {empties} counted")
+            )
 
+    deepest = state.deepest_discharge_ah
     if consumed is not None:
         consumed = min(0.0, consumed)
-        s = replace(
-            s,
-            deepest_discharge_ah=_low(s.deepest_discharge_ah, consumed),
-            last_discharge_ah=_low(s.last_discharge_ah, consumed),
-        )
-
-    s = replace(
-        s,
-        min_voltage_v=_low(s.min_voltage_v, voltage),
-        max_voltage_v=_high(s.max_voltage_v, voltage),
-        min_cell_v=_low(s.min_cell_v, _finite(inp.min_cell_v)),
-        max_cell_v=_high(s.max_cell_v, _finite(inp.max_cell_v)),
-        min_temperature_c=_low(s.min_temperature_c, _finite(inp.min_temperature_c)),
-        max_temperature_c=_high(s.max_temperature_c, _finite(inp.max_temperature_c)),
-    )
+        deepest = _low(deepest, consumed)
+        last_discharge = _low(last_discharge, consumed)
 
     # An unknown alarm level keeps the last known state: a dropout is not a new alarm.
+    low_alarms = state.low_voltage_alarms
+    low_active = state.low_alarm_active
     if inp.low_voltage_alarm is not None:
         active = inp.low_voltage_alarm >= ALARM_LEVEL
-        if active and not s.low_alarm_active:
-            s = replace(s, low_voltage_alarms=s.low_voltage_alarms + 1)
-        s = replace(s, low_alarm_active=active)
+        if active and not low_active:
+            low_alarms += 1
+        low_active = active
+    high_alarms = state.high_voltage_alarms
+    high_active = state.high_alarm_active
     if inp.high_voltage_alarm is not None:
         active = inp.high_voltage_alarm >= ALARM_LEVEL
-        if active and not s.high_alarm_active:
-            s = replace(s, high_voltage_alarms=s.high_voltage_alarms + 1)
-        s = replace(s, high_alarm_active=active)
-    return s, tuple(events)
+        if active and not high_active:
+            high_alarms += 1
+        high_active = active
 
-
-def _soc_events(s: HistoryState, soc: float) -> tuple[HistoryState, list[Event]]:
-    events: list[Event] = []
-    if soc < CYCLE_LOW_PCT:
-        s = replace(s, cycle_armed=True)
-    if soc < SYNC_ARM_PCT:
-        s = replace(s, sync_armed=True)
-    if s.cycle_armed and soc > CYCLE_HIGH_PCT:
-        s = replace(s, cycle_armed=False, charge_cycles=s.charge_cycles + 1)
-        events.append(
-            Event(Severity.INFO, "history-cycle", f"charge cycle {s.charge_cycles} counted")
-        )
-    full = soc >= FULL_PCT
-    if full:
-        if not s.at_full:
-            # A new full charge: the "current cycle" of LastDischarge starts again.
-            s = replace(s, last_discharge_ah=None)
-            if s.sync_armed:
-                s = replace(s, sync_armed=False, automatic_syncs=s.automatic_syncs + 1)
-                events.append(
-                    Event(Severity.INFO, "history-sync",
-                          f"full charge: synchronisation {s.automatic_syncs} counted")
-                )
-        s = replace(s, since_full_s=0.0)
-    s = replace(s, at_full=full)
-    if soc > EMPTY_REARM_PCT:
-        s = replace(s, empty_armed=True)
-    elif soc < EMPTY_PCT and s.empty_armed:
-        s = replace(s, empty_armed=False, full_discharges=s.full_discharges + 1)
-        events.append(
-            Event(Severity.WARNING, "history-full-discharge",
-                  f"SoC at 0 %: full discharge {s.full_discharges} counted")
-        )
-    return s, events
+    return HistoryState(
+        charged_kwh=charged,
+        discharged_kwh=discharged,
+        total_ah_drawn=drawn,
+        deepest_discharge_ah=deepest,
+        last_discharge_ah=last_discharge,
+        charge_cycles=cycles,
+        full_discharges=empties,
+        automatic_syncs=syncs,
+        low_voltage_alarms=low_alarms,
+        high_voltage_alarms=high_alarms,
+        min_voltage_v=_low(state.min_voltage_v, voltage),
+        max_voltage_v=_high(state.max_voltage_v, voltage),
+        min_cell_v=_low(state.min_cell_v, _finite(inp.min_cell_v)),
+        max_cell_v=_high(state.max_cell_v, _finite(inp.max_cell_v)),
+        min_temperature_c=_low(state.min_temperature_c, _finite(inp.min_temperature_c)),
+        max_temperature_c=_high(state.max_temperature_c, _finite(inp.max_temperature_c)),
+        since_full_s=since_full,
+        cycle_armed=cycle_armed,
+        sync_armed=sync_armed,
+        empty_armed=empty_armed,
+        at_full=at_full,
+        low_alarm_active=low_active,
+        high_alarm_active=high_active,
+        last_s=now_s,
+    ), tuple(events)
 
 
 def clear_history(state: HistoryState) -> HistoryState:
