@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 from factories import config, pack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbus_aggregate_batteries.core.engine import EngineState, restore_state, step
 from dbus_aggregate_batteries.core.history import (
@@ -265,8 +268,8 @@ def test_dict_missing_keys_default_and_unknown_keys_are_ignored() -> None:
     [
         {"charge_cycles": -1}, {"charge_cycles": 1.5}, {"charge_cycles": True},
         {"total_ah_drawn": 5.0}, {"charged_kwh": -1.0}, {"min_voltage_v": "52"},
-        {"max_cell_v": float("nan")}, {"since_full_s": 1e300}, {"cycle_armed": 1},
-        {"charged_kwh": None},
+        {"max_cell_v": float("nan")}, {"since_full_s": 1e300}, {"charged_kwh": float("inf")},
+        {"cycle_armed": 1}, {"charged_kwh": None},
     ],
 )
 def test_dict_bad_values_are_refused(bad: dict[str, Any]) -> None:
@@ -358,3 +361,50 @@ def test_engine_without_packs_keeps_the_history() -> None:
     before = state.history
     after = step(cfg, state, [], AuxSnapshot(), now_s=1.0, today=TODAY).state.history
     assert replace(after, last_s=None) == replace(before, last_s=None)
+
+
+# ---------------------------------------------------------------- invariants
+
+
+_maybe = st.none() | st.floats(allow_nan=True, allow_infinity=True, width=32)
+_tick = st.builds(
+    HistoryInput,
+    healthy=st.booleans(),
+    voltage_v=st.none() | st.floats(0.1, 100.0),
+    current_a=_maybe,
+    soc_pct=st.none() | st.floats(0.0, 100.0),
+    consumed_ah=st.none() | st.floats(-1000.0, 10.0),
+    min_cell_v=st.none() | st.floats(2.0, 3.6),
+    max_cell_v=st.none() | st.floats(2.0, 3.6),
+    min_temperature_c=st.none() | st.floats(-20.0, 60.0),
+    max_temperature_c=st.none() | st.floats(-20.0, 60.0),
+    low_voltage_alarm=st.none() | st.integers(0, 2),
+    high_voltage_alarm=st.none() | st.integers(0, 2),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-5.0, 60.0), _tick), min_size=1, max_size=30))
+def test_history_invariants(ticks: list[tuple[float, HistoryInput]]) -> None:
+    # Any sequence, garbage included: signs hold, counts never fall, nothing is NaN, the state
+    # survives the state file, and the published values are what the GUI can show.
+    s = HistoryState()
+    now = 0.0
+    for gap, tick in ticks:
+        now += gap
+        before = s
+        s, _ = step_history(s, tick, now_s=now, max_gap_s=30.0)
+        for name in ("charge_cycles", "full_discharges", "automatic_syncs",
+                     "low_voltage_alarms", "high_voltage_alarms"):
+            assert getattr(s, name) >= getattr(before, name)
+        assert s.total_ah_drawn <= 0.0 and s.charged_kwh >= 0.0 and s.discharged_kwh >= 0.0
+        assert s.total_ah_drawn <= before.total_ah_drawn
+        assert s.charged_kwh >= before.charged_kwh
+        if s.deepest_discharge_ah is not None:
+            assert s.deepest_discharge_ah <= 0.0
+            assert s.last_discharge_ah is None or s.deepest_discharge_ah <= s.last_discharge_ah
+        assert (s.min_voltage_v is None) == (s.max_voltage_v is None)
+        assert s.min_voltage_v is None or s.min_voltage_v <= (s.max_voltage_v or 0.0)
+    for path, value in history_values(s).items():
+        assert not (isinstance(value, float) and not math.isfinite(value)), path
+    assert history_from_dict(json.loads(json.dumps(history_to_dict(s)))) == replace(s, last_s=None)

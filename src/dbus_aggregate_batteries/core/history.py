@@ -97,7 +97,9 @@ _TRACKER_FIELDS: tuple[str, ...] = (
 _NON_POSITIVE = frozenset({"total_ah_drawn", "deepest_discharge_ah", "last_discharge_ah"})
 _NON_NEGATIVE = frozenset({"charged_kwh", "discharged_kwh", "since_full_s"})
 _OPTIONAL = frozenset(f.name for f in fields(HistoryState) if f.default is None)
-_MAX_ABS = 1e12
+# Every number only has to be finite (the file is ours, checksummed); the time since the last
+# full charge must also fit the integer it is published as.
+_MAX_SINCE_S = 1e12
 _MAX_COUNT = 2**31 - 1
 
 
@@ -331,7 +333,7 @@ def history_from_dict(doc: Mapping[str, object]) -> HistoryState:
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
                 or not math.isfinite(value)
-                or abs(value) > _MAX_ABS
+                or (name == "since_full_s" and value > _MAX_SINCE_S)
                 or (name in _NON_POSITIVE and value > 0)
                 or (name in _NON_NEGATIVE and value < 0)
             ):
