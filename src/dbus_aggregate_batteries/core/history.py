@@ -93,7 +93,7 @@ _TRACKER_FIELDS: tuple[str, ...] = (
     "cycle_armed", "sync_armed", "empty_armed", "at_full", "low_alarm_active",
     "high_alarm_active",
 )
-# Fields that are <= 0 by Victron's convention, and the plausible magnitude of every number.
+# Signs fixed by the Victron convention (Ah <= 0), and the counters that cannot be negative.
 _NON_POSITIVE = frozenset({"total_ah_drawn", "deepest_discharge_ah", "last_discharge_ah"})
 _NON_NEGATIVE = frozenset({"charged_kwh", "discharged_kwh", "since_full_s"})
 _OPTIONAL = frozenset(f.name for f in fields(HistoryState) if f.default is None)
