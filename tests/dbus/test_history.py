@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -110,3 +111,62 @@ async def test_history_published_cleared_and_restored(
             assert after[path] == before[path], path
     finally:
         await again.shutdown()
+
+
+async def test_counted_alarm_is_saved_without_charge_movement_but_rate_limited(
+    sim: SimBank, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    clock = [1000.0]
+    app = Application(test_config(**CFG), await make_bus(), state_dir=tmp_path,
+                      clock=lambda: clock[0])
+    await app.start()
+    name = sim.pack_names[0]
+    state_file = StateFile(tmp_path)
+
+    async def alarm(level: int) -> None:
+        sim.packs[0].set_override("/Alarms/LowVoltage", level)
+        await sim.tick(0.0)
+        await wait_until(lambda: app.state.services[name].values.get("/Alarms/LowVoltage") == level)
+
+    async def settle() -> None:
+        # A save runs in a worker thread; give it time to finish before looking.
+        await asyncio.sleep(0.1)
+        if app._save_task is not None:
+            await app._save_task
+
+    try:
+        await wait_until(lambda: app.counters.state_writes >= 1)  # the first tick saves
+        writes = app.counters.state_writes
+        # 61 s later the counter moved 0.34 Ah, less than save_every_fraction of 560 Ah: no save.
+        clock[0] += 61.0
+        app.tick()
+        await settle()
+        assert app.counters.state_writes == writes
+        # A counted alarm is saved at the next tick.
+        await alarm(2)
+        clock[0] += 1.0
+        app.tick()
+        await settle()
+        assert app.counters.state_writes == writes + 1
+        saved = state_file.load()
+        assert saved is not None and saved.history is not None
+        assert saved.history.low_voltage_alarms == 1
+        # A second alarm within soc.min_save_interval_s waits for the interval.
+        await alarm(0)
+        app.tick()
+        await alarm(2)
+        clock[0] += 1.0
+        app.tick()
+        await settle()
+        assert app.engine.history.low_voltage_alarms == 2
+        assert app.counters.state_writes == writes + 1
+        clock[0] += 60.0
+        app.tick()
+        await settle()
+        assert app.counters.state_writes == writes + 2
+        saved = state_file.load()
+        assert saved is not None and saved.history is not None
+        assert saved.history.low_voltage_alarms == 2
+    finally:
+        sim.packs[0].clear_override("/Alarms/LowVoltage")
+        await app.shutdown()
