@@ -1,6 +1,6 @@
 """Bank history as a Victron battery monitor (BMV, SmartShunt) keeps it under /History/* (pure).
 
-Definitions, following the BMV-700/712 and SmartShunt manuals ("history data"):
+Definitions, following Victron's SmartShunt and BMV manuals ("history data"):
 - ChargedEnergy / DischargedEnergy (kWh, both >= 0): bank voltage x bank current integrated
   over time, split by the sign of the current (+ = into the battery);
 - TotalAhDrawn (Ah, <= 0): every Ah taken out of the bank (discharge current only);
