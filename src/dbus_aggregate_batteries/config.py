@@ -310,6 +310,9 @@ class FaultConfig(_Base):
 
     stale_after_s: float = Field(30.0, ge=2.0, le=3600.0)
     probe_after_s: float = Field(10.0, ge=1.0, le=3600.0)
+    # Below ~1 A many BMS report exactly 0.0 (dead band) and a Multi idles at 0.5..3 A, so a
+    # lower threshold would call quiet packs frozen (docs/failure-modes.md).
+    frozen_current_a: float = Field(5.0, ge=1.0, le=1000.0)
     policy: Literal["derate", "zero"] = "derate"
     grace_s: float = Field(30.0, ge=0.0, le=3600.0)
     startup_window_s: float = Field(15.0, ge=0.0, le=600.0)

@@ -97,7 +97,7 @@ async def test_pack_vanishes_and_returns_twice(
         await app.shutdown()
 
 
-async def test_frozen_pack_goes_stale(sim3: SimBank, make_bus: MakeBus, tmp_path: Path) -> None:
+async def test_frozen_pack_goes_frozen(sim3: SimBank, make_bus: MakeBus, tmp_path: Path) -> None:
     stale_after = 2.0
     app = await start_app(make_bus, tmp_path,
                           fault={"stale_after_s": stale_after, "probe_after_s": 1.0})
@@ -106,8 +106,8 @@ async def test_frozen_pack_goes_stale(sim3: SimBank, make_bus: MakeBus, tmp_path
         sim3.packs[0].freeze()
         frozen_at = time.monotonic()
         deadline = frozen_at + stale_after + 2 * app.cfg.publish.tick_s + 0.5
-        while app.counters.health.get(name) is not Health.STALE:
-            assert time.monotonic() < deadline, "frozen pack not marked stale in time"
+        while app.counters.health.get(name) is not Health.FROZEN:
+            assert time.monotonic() < deadline, "frozen pack not marked frozen in time"
             await sim3.tick(1.0)  # the other packs keep moving
             app.tick()
             await asyncio.sleep(app.cfg.publish.tick_s)

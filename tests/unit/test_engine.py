@@ -636,7 +636,7 @@ def test_no_pack_at_all_raises_the_alarm() -> None:
 
 
 def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
-    from dbus_aggregate_batteries.core.health import Health, pack_health
+    from dbus_aggregate_batteries.core.health import Health, bms_health
     from dbus_aggregate_batteries.core.model import most_restrictive
 
     last = pack("B", ccl_a=100.0, dcl_a=150.0, cell_list=[3.3] * 15 + [3.5])
@@ -644,6 +644,5 @@ def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
     worst = most_restrictive(now, last)
     assert worst.ccl_a == 0.0 and worst.blocks_charge
     assert worst.dcl_a == pytest.approx(150.0) and worst.max_cell_v == pytest.approx(3.5)
-    health, _ = pack_health(pack("C", ccl_a=None), now_s=1.0, last_change_s=1.0,
-                            probe_failed=False, stale_after_s=30.0, needs_limits=True)
+    health, _ = bms_health(pack("C", ccl_a=None), needs_limits=True)
     assert health is Health.BMS_OFFLINE

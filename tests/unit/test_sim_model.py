@@ -395,3 +395,50 @@ def test_victron_device_names_and_products() -> None:
     solar = bank.solar_charger.values()
     assert solar["/ProductName"] == "SmartSolar MPPT VE.Can 250/100"
     assert "/Yield/Power" in solar
+
+
+MEASURED = ("/Dc/0/Voltage", "/Dc/0/Current", "/Soc", "/System/MaxCellVoltage",
+            "/System/MinCellVoltage", "/Voltages/Cell1", "/Voltages/Cell2", "/Capacity")
+
+
+@pytest.mark.parametrize("layout", ["v2", "v014"])
+def test_quantized_pack_at_rest_holds_every_measured_value(layout: str) -> None:
+    model = PackModel(PackSpec(name="ttyUSB0", layout=layout, quantized=True))  # type: ignore[arg-type]
+    first = model.values()
+    assert first["/Dc/0/Voltage"] == round(first["/Dc/0/Voltage"], 2)  # type: ignore[arg-type]
+    assert first["/Voltages/Cell1"] == round(first["/Voltages/Cell1"], 3)  # type: ignore[arg-type]
+    for _ in range(1800):  # 30 minutes at rest
+        model.step(1.0, 0.0)
+    last = model.values()
+    assert {p: last[p] for p in MEASURED} == {p: first[p] for p in MEASURED}
+    if layout == "v014":
+        assert last == first  # nothing at all to signal: only a probe shows it is alive
+
+
+def test_quantized_pack_under_load_changes() -> None:
+    model = PackModel(PackSpec(name="ttyUSB0", quantized=True, soc_pct=30.0))
+    before = model.values()
+    model.step(1.0, -20.0)
+    after = model.values()
+    assert after["/Dc/0/Current"] == -20.0 and before["/Dc/0/Current"] == 0.0
+    assert after["/Voltages/Cell1"] != before["/Voltages/Cell1"]  # the IR drop, 8 mV
+
+
+def test_cell_jitter_flickers_one_cell_by_one_digit() -> None:
+    model = PackModel(PackSpec(name="ttyUSB0", quantized=True, cell_jitter_v=0.001))
+    seen = []
+    for _ in range(4):
+        model.step(1.0, 0.0)
+        seen.append(model.values()["/Voltages/Cell1"])
+    assert seen[0] == seen[2] and seen[1] == seen[3]
+    assert abs(seen[0] - seen[1]) == pytest.approx(0.001)  # type: ignore[operator]
+    assert model.values()["/Voltages/Cell2"] == PackModel(
+        PackSpec(name="ttyUSB0", quantized=True)).values()["/Voltages/Cell2"]
+
+
+def test_initial_charge_mode_can_be_float() -> None:
+    model = PackModel(PackSpec(name="ttyUSB0", soc_pct=97.0, charge_mode="Float",
+                               float_cell_v=3.40))
+    model.step(1.0, 0.1)
+    assert model.values()["/Info/ChargeMode"] == "Float"
+    assert model.cvl_v == pytest.approx(16 * 3.40)

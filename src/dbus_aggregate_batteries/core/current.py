@@ -102,3 +102,19 @@ def bank_current(
         return BankCurrent(merged.current_a, power, "bms-fallback"), (event,)
     event = Event(Severity.WARNING, "current-missing", f"{cfg.source} current unavailable ({why})")
     return BankCurrent(None, None, cfg.source), (event,)
+
+
+def measured_current(cfg: CurrentConfig, aux: AuxSnapshot) -> float | None:
+    """The bank current (+ charging) measured outside the packs; None without such a source.
+
+    The roster uses it to tell a frozen pack from a quiet one, so it never falls back to the
+    packs' own sum: that would let stale pack values vouch for themselves.
+    """
+    if cfg.source == "victron":
+        return _victron_current(cfg, aux)[0]
+    if cfg.source == "smartshunt" and aux.battery_shunts:
+        shunt = _shunt_sum(aux, include_dcload=False)
+        if shunt is None:
+            return None
+        return -shunt if cfg.invert_smartshunts else shunt
+    return None

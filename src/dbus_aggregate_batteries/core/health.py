@@ -1,12 +1,21 @@
-"""Pack health (pure): decided from timestamps and values, never from the bus directly.
+"""Pack health states and what the driver itself says about its BMS (pure).
 
-- OFFLINE: the pack's service left the bus (decided by the shell, which keeps its last values);
-- STALE: no change signalled for ``stale_after_s`` (a live BMS always has some value moving:
-  cell voltages, current), or the pack did not answer a liveness probe;
+The states (decided in roster.py, which owns the timing rules):
+
+- OFFLINE: the pack's service left the bus; its last values are remembered;
+- STALE: the driver process does not answer (a failed liveness probe), or showed no sign of
+  life at all for too long;
+- FROZEN: the process answers, but its measured values stopped changing while the bank
+  visibly carried current that the pack should have shown (v0.14 keeps publishing its last
+  values when its BMS is gone);
 - BMS_OFFLINE: the driver is alive but says its BMS is gone: no valid pack voltage,
-  /System/NrOfModulesOnline 0, /Connected 0 or /Alarms/BmsCable at alarm level;
+  /System/NrOfModulesOnline 0, /Connected 0 or /Alarms/BmsCable at alarm level, or it lacks
+  what the bank's limits are computed from;
 - ACTIVE otherwise.  Only ACTIVE packs are merged; the others' last known values still count
   towards the limits (see engine.py).
+
+Steady values alone are never a fault: a bank at rest or in float can hold every value
+to the last digit for hours.
 """
 
 from __future__ import annotations
@@ -24,31 +33,20 @@ class Health(Enum):
 
     ACTIVE = "active"
     STALE = "stale"
+    FROZEN = "frozen"
     BMS_OFFLINE = "bms-offline"
     OFFLINE = "offline"
 
 
-def pack_health(
-    snap: PackSnapshot,
-    *,
-    now_s: float,
-    last_change_s: float,
-    probe_failed: bool,
-    stale_after_s: float,
-    connected: object = 1,
-    needs_limits: bool = False,
+def bms_health(
+    snap: PackSnapshot, *, connected: object = 1, needs_limits: bool = False
 ) -> tuple[Health, str]:
-    """Classify one present pack; returns the health and a reason for the log.
+    """What the driver's own values say; returns ACTIVE or BMS_OFFLINE and a reason.
 
     A pack that lacks what the bank's limits are computed from (its extreme cells; with
     ``needs_limits`` its CVL, CCL and DCL) is not healthy: merging it without them would let
     its share of the limits rise.  Its last known values are used instead (engine.py).
     """
-    if probe_failed:
-        return Health.STALE, "did not answer a liveness probe"
-    age = now_s - last_change_s
-    if age > stale_after_s:
-        return Health.STALE, f"no new data for {age:.0f} s"
     if connected == 0:
         return Health.BMS_OFFLINE, "/Connected is 0"
     if snap.voltage_v is None:

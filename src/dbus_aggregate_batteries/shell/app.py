@@ -1,8 +1,8 @@
 """The running service: wiring, the 1 s tick, persistence, shutdown (the imperative shell).
 
-Per tick: snapshot the model -> classify pack health -> pure engine step -> publish the diff ->
-log events -> persist when due.  This module is the one place that knows about time, tasks and
-the bus together; all arithmetic lives in the pure modules.
+Per tick: snapshot the model -> pure roster (pack health) -> pure engine step -> publish the
+diff -> log events -> persist when due.  This module is the one place that knows about time,
+tasks and the bus together; all arithmetic and every health rule live in the pure modules.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -23,17 +23,18 @@ from typing import Any
 from dbus_aggregate_batteries import __version__
 from dbus_aggregate_batteries.config import Config
 from dbus_aggregate_batteries.core.charge import BalancePhase
+from dbus_aggregate_batteries.core.current import measured_current
 from dbus_aggregate_batteries.core.engine import EngineState, StepResult, restore_state, step
-from dbus_aggregate_batteries.core.health import Health, pack_health
+from dbus_aggregate_batteries.core.health import Health
 from dbus_aggregate_batteries.core.history import COUNT_FIELDS, clear_history
 from dbus_aggregate_batteries.core.model import (
     AuxSnapshot,
     DeviceCurrent,
-    PackSnapshot,
+    Event,
     Severity,
     device_current,
-    most_restrictive,
 )
+from dbus_aggregate_batteries.core.roster import Departure, PackInput, RosterState, assess
 from dbus_aggregate_batteries.core.venus import SERVICE_PREFIX, Value
 from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.shell.discovery import Monitor
@@ -72,7 +73,7 @@ class Counters:
     state_writes: int = 0
     published_changes: int = 0
     items_changed_signals: int = 0
-    health: dict[str, Health] = field(default_factory=dict)
+    health: Mapping[str, Health] = field(default_factory=dict)
 
 
 def identity_values(cfg: Config, custom_name: str, device_instance: int) -> dict[str, Value]:
@@ -127,10 +128,9 @@ class Application:
         self._with_cells = cfg.limits.mode == "own" or cfg.publish.send_cell_voltages
         self.stopping = asyncio.Event()
         self.exit_code = EXIT_OK
-        self._departed_packs: dict[str, PackSnapshot] = {}
-        self._last_good: dict[str, PackSnapshot] = {}
+        self.roster = RosterState()
+        self._departures: list[Departure] = []
         self._bad_logged: set[tuple[str, str]] = set()
-        self._last_probe: dict[str, float] = {}
         self._saved: SavedState | None = None
         self._saved_at = -1e18
         self._history_cleared = False
@@ -256,14 +256,11 @@ class Application:
         return True
 
     def _departed(self, svc: ServiceState) -> None:
-        if svc.kind is not Kind.PACK:
-            return
-        snap = self._last_good.pop(svc.name, None)
-        if snap is None:
-            snap, _ = svc.snapshot(self.cfg.discovery.name_path)
-        self._departed_packs[svc.identity] = snap
-        self.counters.health[svc.name] = Health.OFFLINE
-        log.warning("pack %s (%s) is offline: its service left the bus", snap.label, svc.name)
+        # Its last values are taken now (the service state is dropped); the roster decides
+        # at the next tick what is remembered of it.
+        if svc.kind is Kind.PACK:
+            snap, _ = svc.snapshot(self.cfg.discovery.name_path, with_cells=self._with_cells)
+            self._departures.append(Departure(svc.name, svc.identity, snap))
 
     # ------------------------------------------------------------------ one tick
 
@@ -272,9 +269,8 @@ class Application:
         now = self.clock()
         cfg = self.cfg
         self.monitor.rescan_due(now)
-        healthy: list[PackSnapshot] = []
-        missing: list[PackSnapshot] = []
-        present: set[str] = set()  # identities of unhealthy packs already in ``missing``
+        packs: list[PackInput] = []
+        services: dict[str, ServiceState] = {}
         for svc in self.state.of_kind(Kind.PACK):
             snap, bad = svc.snapshot(cfg.discovery.name_path, with_cells=self._with_cells)
             for item in bad:
@@ -286,48 +282,29 @@ class Application:
                         "%s: ignoring bad value %s at %s (%s); further ones are only counted",
                         svc.name, item.value, item.path, item.reason,
                     )
-            last_change = svc.last_signal_s or svc.last_scan_s or svc.first_seen_s
-            if (
-                now - last_change > cfg.fault.probe_after_s
-                and now - self._last_probe.get(svc.name, -1e18) > cfg.fault.probe_after_s
-            ):
-                self._last_probe[svc.name] = now
-                self.monitor.probe(svc)
-            health, reason = pack_health(
-                snap,
-                now_s=now,
-                last_change_s=last_change,
-                probe_failed=svc.probe_failed,
-                stale_after_s=cfg.fault.stale_after_s,
-                connected=svc.values.get("/Connected", 1),
-                needs_limits=cfg.limits.mode == "bms",
-            )
-            previous = self.counters.health.get(svc.name)
-            if previous is not health:
-                level = logging.INFO if health is Health.ACTIVE else logging.WARNING
-                log.log(level, "pack %s (%s): %s (%s)", snap.label, svc.name, health.value,
-                        reason)
-                self.counters.health[svc.name] = health
-            departed = self._departed_packs.get(svc.identity)
-            if health is Health.ACTIVE:
-                # Only a healthy return clears what was remembered when it left.
-                self._departed_packs.pop(svc.identity, None)
-                healthy.append(snap)
-                self._last_good[svc.name] = snap
-            else:
-                last = self._last_good.get(svc.name)
-                missing.append(most_restrictive(snap, most_restrictive(last, departed)
-                                                if last is not None else departed))
-                present.add(svc.identity)
-        missing.extend(
-            snap for key, snap in self._departed_packs.items() if key not in present
+            services[svc.name] = svc
+            packs.append(PackInput(
+                svc.name, svc.identity, snap, svc.alive_s, svc.probe_failed,
+                svc.values.get("/Connected", 1),
+            ))
+        aux = self._aux()
+        departures, self._departures = self._departures, []
+        roster = assess(
+            cfg, self.roster, packs, now_s=now,
+            measured_current_a=measured_current(cfg.current, aux), departures=departures,
         )
+        self.roster = roster.state
+        self.counters.health = roster.health
+        for name in roster.probe:
+            self.monitor.probe(services[name])
+        self._log(roster.events)
+        healthy, missing = roster.healthy, roster.missing
 
         result = step(
             cfg,
             self.engine,
             healthy,
-            self._aux(),
+            aux,
             now_s=now,
             today=self.today(),
             missing=missing,
@@ -338,8 +315,7 @@ class Application:
         if result.feed_in_request is not None and self.settings.available:
             self.settings.feed_in = result.feed_in_request
             self._spawn(self.settings.set(FEED_IN_PATH, result.feed_in_request))
-        for event in result.events:
-            log.log(_LEVELS[event.severity], "%s", event.message)
+        self._log(result.events)
         if self.registered:
             changed = self.service.publish(result.values)
             self.counters.published_changes += changed
@@ -350,6 +326,11 @@ class Application:
         self._summary_if_due(now, result, len(healthy), len(healthy) + len(missing))
         self._last_tick_done = self.clock()
         return result
+
+    @staticmethod
+    def _log(events: tuple[Event, ...]) -> None:
+        for event in events:
+            log.log(_LEVELS[event.severity], "%s", event.message)
 
     def _aux(self) -> AuxSnapshot:
         feed_in = self.settings.feed_in

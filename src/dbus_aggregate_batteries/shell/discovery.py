@@ -64,6 +64,7 @@ class Monitor:
         self._rules: dict[str, _Rules] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.scans_pending = 0
+        self.probes_pending = 0
         d = cfg.discovery
         self._prefixes = tuple(
             p
@@ -271,6 +272,7 @@ class Monitor:
         self._spawn(self._probe(svc))
 
     async def _probe(self, svc: ServiceState) -> None:
+        self.probes_pending += 1
         try:
             await _dbus.call(
                 self._bus, svc.owner, "/ProductName", "GetValue", timeout_s=PROBE_TIMEOUT_S
@@ -279,6 +281,11 @@ class Monitor:
             if self._state.services.get(svc.name) is svc and not svc.probe_failed:
                 log.warning("%s did not answer a liveness probe", svc.name)
                 svc.probe_failed = True
+        else:
+            # A quiet pack proves it is alive here: steady values send no signal at all.
+            svc.answered(self._clock())
+        finally:
+            self.probes_pending -= 1
 
     # ------------------------------------------------------------------ signals
 

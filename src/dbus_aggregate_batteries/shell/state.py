@@ -36,8 +36,9 @@ class ServiceState:
     values: dict[str, Value] = field(default_factory=dict)
     signalled: set[str] = field(default_factory=set)
     first_seen_s: float = 0.0
-    last_signal_s: float | None = None
-    last_scan_s: float | None = None
+    last_signal_s: float | None = None  # any signal, changed value or not: alive, not changed
+    last_scan_s: float | None = None  # last scan attempt (answered or not)
+    last_answer_s: float | None = None  # last answered GetItems scan or liveness probe
     version: int = 0
     emits_items: bool = False
     probe_failed: bool = False
@@ -79,8 +80,21 @@ class ServiceState:
                 self.values[path] = value
                 changed = True
         self.last_scan_s = now_s
+        self.last_answer_s = now_s
         if changed:
             self.version += 1
+
+    def answered(self, now_s: float) -> None:
+        """The process answered a liveness probe: alive, whatever its values do."""
+        self.last_answer_s = now_s
+        self.probe_failed = False
+
+    @property
+    def alive_s(self) -> float:
+        """The last sign of life: a signal, an answered scan or probe, or discovery."""
+        return max(
+            t for t in (self.first_seen_s, self.last_signal_s, self.last_answer_s) if t is not None
+        )
 
     def has_paths(self, paths: tuple[str, ...]) -> bool:
         """Whether every one of ``paths`` has been seen (with any value)."""

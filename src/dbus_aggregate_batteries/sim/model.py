@@ -175,6 +175,11 @@ class PackSpec:
     cell_resistance_ohm: float | None = None  # None: the chemistry's
     bms_type: str = "Jkbms"
     all_cells_change: bool = False  # load benchmark: every cell voltage differs every step
+    # A real BMS publishes V with 2 decimals, cells with 3, A and SoC with 1: at rest such a
+    # pack shows no change at all for hours (the full-precision default changes every step).
+    quantized: bool = False
+    cell_jitter_v: float = 0.0  # cell 1 flickers by this much every other step (a noisy ADC)
+    charge_mode: str | None = None  # start in this mode; None: Float at 100 % SoC, else Bulk
 
     def __post_init__(self) -> None:
         if not 1 <= self.cells <= 64:
@@ -185,6 +190,8 @@ class PackSpec:
             raise ValueError(f"soc_pct must be 0..100, not {self.soc_pct}")
         if not 1 <= self.high_cell <= self.cells:
             raise ValueError(f"high_cell must be 1..{self.cells}, not {self.high_cell}")
+        if not 0.0 <= self.cell_jitter_v <= 0.1:
+            raise ValueError(f"cell_jitter_v must be 0..0.1 V, not {self.cell_jitter_v}")
         if self.chemistry not in CHEMISTRIES:
             raise ValueError(f"unknown chemistry {self.chemistry!r}")
         if self.layout not in ("v2", "v014"):
@@ -279,7 +286,8 @@ class PackModel:
         self.current_avg_a = 0.0
         self.elapsed_s = 0.0
         self.custom_name = spec.custom_name if spec.custom_name is not None else spec.product_name
-        self.charge_mode = "Float" if spec.soc_pct >= 100.0 else "Bulk"
+        self.charge_mode = spec.charge_mode or ("Float" if spec.soc_pct >= 100.0 else "Bulk")
+        self.steps = 0
         self.charge_blocked = False
         self.discharge_blocked = False
         self.balancing_disabled = False
@@ -307,6 +315,7 @@ class PackModel:
         alpha = dt_s / (60.0 + dt_s) if dt_s > 0 else 0.0
         self.current_avg_a += alpha * (current_a - self.current_avg_a)
         self.elapsed_s += dt_s
+        self.steps += 1
         self._update_cells()
         self._update_charge_mode()
         self._update_history(moved_ah)
@@ -314,6 +323,8 @@ class PackModel:
     def _update_cells(self) -> None:
         base = ocv_v(self.chem.ocv_curve, self.soc_pct) + self.current_a * self.resistance_ohm
         cells = [base + off for off in self._pattern]
+        if self.spec.cell_jitter_v and self.steps % 2:
+            cells[0] += self.spec.cell_jitter_v
         if self.spec.all_cells_change and self._cells:
             # Published cells have 3 decimals: nudge a cell by 1 mV whenever it would round to
             # the value it showed last time, so each step changes every cell on the bus.
@@ -468,6 +479,16 @@ class PackModel:
         out.update(self._overrides)
         return out
 
+    def _quantize(self, values: dict[str, Value]) -> None:
+        for path, value in values.items():
+            if not isinstance(value, float):
+                continue
+            places = _RESOLUTION.get(path)
+            if places is None and path.startswith("/Voltages/Cell"):
+                places = 3
+            if places is not None:
+                values[path] = round(value, places)
+
     def _computed_values(self) -> dict[str, Value]:
         spec = self.spec
         v2 = spec.layout == "v2"
@@ -557,6 +578,8 @@ class PackModel:
         values["/Voltages/Diff"] = diff
         if v2:
             values.update(self._v2_values(temp, current, remaining, allow_balance))
+        if spec.quantized:
+            self._quantize(values)
         return values
 
     def _v2_values(
@@ -634,6 +657,41 @@ class PackModel:
             "/Settings/HasSettings": 1,
             "/Settings/ResetSoc": 0,
         }
+
+
+# Decimals a driver publishes, for PackSpec.quantized (cells: 3, see _quantize).
+_RESOLUTION: dict[str, int] = {
+    "/Dc/0/Voltage": 2,
+    "/Dc/0/Current": 1,
+    "/Dc/0/Power": 0,
+    "/Dc/0/Temperature": 1,
+    "/Soc": 1,
+    "/Capacity": 2,
+    "/ConsumedAmphours": 2,
+    "/CurrentAvg": 1,
+    "/System/MinCellVoltage": 3,
+    "/System/MaxCellVoltage": 3,
+    "/System/MinCellTemperature": 1,
+    "/System/MaxCellTemperature": 1,
+    "/System/MOSTemperature": 1,
+    "/System/Temperature1": 1,
+    "/System/Temperature2": 1,
+    "/Voltages/Sum": 2,
+    "/Voltages/Diff": 3,
+    "/History/TotalAhDrawn": 2,
+    "/History/DeepestDischarge": 2,
+    "/History/LastDischarge": 2,
+    "/History/AverageDischarge": 2,
+    "/History/MinimumVoltage": 2,
+    "/History/MaximumVoltage": 2,
+    "/History/MinimumCellVoltage": 3,
+    "/History/MaximumCellVoltage": 3,
+    "/History/ChargedEnergy": 3,
+    "/History/DischargedEnergy": 3,
+    "/Info/MaxChargeCurrent": 1,
+    "/Info/MaxDischargeCurrent": 1,
+    "/Info/MaxChargeVoltage": 2,
+}
 
 
 def _mgmt(name: str, process: str) -> dict[str, Value]:

@@ -1,0 +1,297 @@
+"""The pack roster (pure): which packs are merged, which are missing, what is remembered of them.
+
+The shell gathers, once per tick, each pack service's snapshot and when it last showed a sign
+of life (any signal, an answered scan or liveness probe), plus the bank current measured
+outside the packs; it reports the services that left the bus.  :func:`assess` returns the
+healthy packs, the missing packs with what is remembered of each, which packs to probe, the
+events to log and the new :class:`RosterState`.
+
+Rules (docs/failure-modes.md gives the physics and the tests):
+
+- **Alive is not changed.**  A velib service only signals changes, and a BMS at rest or in
+  float can hold every value to the last digit for hours.  Steady values are not a fault.
+- **STALE**: the process does not answer.  A pack silent (no signal) for ``probe_after_s`` is
+  probed with a ``GetValue``; no answer makes it STALE at once.  As a backstop, no sign of
+  life at all for ``stale_after_s + probe_after_s`` is STALE too.
+- **BMS_OFFLINE**: the driver says its BMS is gone (health.py).
+- **FROZEN**: the measured values (voltage, current, SoC, cells, temperatures, Ah) have not
+  changed while the bank visibly carried current for ``stale_after_s`` in total since the
+  last change.  The bank "visibly carries current" for a pack when the pack should carry at
+  least ``frozen_current_a``: its capacity share of the bank current measured outside the
+  packs (Multi + solar chargers +/- SmartShunts, or the battery SmartShunts), or its capacity
+  share of the current that the other, visibly live packs report, or its own last reported
+  current.  A pack in parallel shares the bus voltage, so it must carry its share, and a
+  current measurement at that level moves; a pack that blocks that direction, or is full
+  (charging) or empty (discharging), carries none, so it is not expected to move.
+- **OFFLINE**: the service left the bus.  Its last healthy snapshot (else its last one) is
+  remembered under its identity until the pack is healthy again; only a restart forgets it.
+- A pack that is present but not healthy counts with the most restrictive of its current
+  values, its last healthy snapshot and what was remembered when it left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dbus_aggregate_batteries.config import Config
+from dbus_aggregate_batteries.core.health import Health, bms_health
+from dbus_aggregate_batteries.core.model import Event, PackSnapshot, Severity, most_restrictive
+
+# Near the top of charge one LFP pack's acceptance falls to ~0 A while emptier packs in
+# parallel still take current; near empty the same holds for discharge.  Such a pack is not
+# expected to show the bank's current.
+FULL_SOC_PCT = 99.0
+EMPTY_SOC_PCT = 1.0
+
+Fingerprint = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PackInput:
+    """One pack service as the shell sees it at this tick."""
+
+    service: str
+    identity: str
+    snapshot: PackSnapshot
+    alive_s: float  # last sign of life: a signal, an answered scan or probe, or discovery
+    probe_failed: bool = False
+    connected: object = 1  # raw /Connected
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A pack service that left the bus since the last tick, with its last snapshot."""
+
+    service: str
+    identity: str
+    snapshot: PackSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What the roster follows for one present pack service."""
+
+    fingerprint: Fingerprint
+    changed_s: float  # when the measured values last changed (or were first seen)
+    moving_s: float = 0.0  # time the bank visibly carried this pack's current since then
+    probed_s: float = -1e18  # when a liveness probe was last asked for
+
+
+@dataclass(frozen=True, slots=True)
+class RosterState:
+    """Everything the roster remembers between ticks.  Never mutated: each tick makes a new one.
+
+    ``last_good`` and ``watches`` are keyed by service name, ``departed`` by identity (a pack
+    may come back under another tty), ``health`` by service name.
+    """
+
+    now_s: float | None = None
+    watches: Mapping[str, Watch] = field(default_factory=dict)
+    last_good: Mapping[str, PackSnapshot] = field(default_factory=dict)
+    departed: Mapping[str, PackSnapshot] = field(default_factory=dict)
+    health: Mapping[str, Health] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RosterResult:
+    """The roster's verdict for one tick."""
+
+    healthy: tuple[PackSnapshot, ...]
+    missing: tuple[PackSnapshot, ...]
+    probe: tuple[str, ...]  # services to probe for life now
+    state: RosterState
+    events: tuple[Event, ...]
+
+    @property
+    def health(self) -> Mapping[str, Health]:
+        """Health by service name (departed services stay OFFLINE)."""
+        return self.state.health
+
+
+def fingerprint(snap: PackSnapshot) -> Fingerprint:
+    """The measured values: what must move when the pack carries current.
+
+    Limits, alarms, ids and driver timers are left out: a driver whose BMS is gone can still
+    recompute those.
+    """
+    return (
+        snap.voltage_v,
+        snap.current_a,
+        snap.power_w,
+        snap.temperature_c,
+        snap.soc_pct,
+        snap.capacity_ah,
+        snap.consumed_ah,
+        snap.max_cell_v,
+        snap.min_cell_v,
+        snap.max_cell_temp_c,
+        snap.min_cell_temp_c,
+        snap.voltages_sum_v,
+        snap.cells,
+    )
+
+
+def _accepts(snap: PackSnapshot, charging: bool) -> bool:
+    """Whether the pack can carry current in that direction (so it must show it)."""
+    soc = snap.soc_pct
+    if charging:
+        full = soc is not None and soc >= FULL_SOC_PCT
+        return not (snap.blocks_charge or snap.in_float or full)
+    return not (snap.blocks_discharge or (soc is not None and soc <= EMPTY_SOC_PCT))
+
+
+def _weights(packs: Sequence[PackInput]) -> dict[str, float]:
+    """Capacity weights; equal weights unless every pack reports its capacity."""
+    caps = [p.snapshot.installed_capacity_ah for p in packs]
+    if all(c is not None and c > 0 for c in caps):
+        return {p.service: float(c) for p, c in zip(packs, caps, strict=True)}  # type: ignore[arg-type]
+    return {p.service: 1.0 for p in packs}
+
+
+def expected_currents(
+    packs: Sequence[PackInput],
+    fresh: frozenset[str],
+    measured_current_a: float | None,
+) -> dict[str, float]:
+    """The current (magnitude, A) each pack should be carrying by the evidence of this tick.
+
+    ``fresh``: the services whose values changed recently (visibly live), the only ones whose
+    currents may vouch for the bank moving.
+    """
+    weights = _weights(packs)
+    out: dict[str, float] = {}
+    for p in packs:
+        snap = p.snapshot
+        best = abs(snap.current_a) if snap.current_a is not None else 0.0
+        if measured_current_a is not None and measured_current_a != 0.0:
+            charging = measured_current_a > 0
+            if _accepts(snap, charging):
+                takers = sum(weights[q.service] for q in packs if _accepts(q.snapshot, charging))
+                best = max(best, abs(measured_current_a) * weights[p.service] / takers)
+        peers = [
+            q for q in packs
+            if q.service != p.service and q.service in fresh and q.snapshot.current_a is not None
+        ]
+        if peers:
+            total = sum(q.snapshot.current_a or 0.0 for q in peers)
+            rate = total / sum(weights[q.service] for q in peers)  # A per unit of capacity
+            if rate != 0.0 and _accepts(snap, rate > 0):
+                best = max(best, abs(rate) * weights[p.service])
+        out[p.service] = best
+    return out
+
+
+def assess(
+    cfg: Config,
+    state: RosterState,
+    packs: Sequence[PackInput],
+    *,
+    now_s: float,
+    measured_current_a: float | None = None,
+    departures: Sequence[Departure] = (),
+) -> RosterResult:
+    """Decide every pack's health for this tick and what the engine merges or remembers."""
+    fault = cfg.fault
+    events: list[Event] = []
+    health = dict(state.health)
+    last_good = dict(state.last_good)
+    departed = dict(state.departed)
+    old_watches = state.watches
+
+    for gone in departures:
+        snap = last_good.pop(gone.service, None) or gone.snapshot
+        departed[gone.identity] = snap
+        if health.get(gone.service) is not Health.OFFLINE:
+            events.append(Event(
+                Severity.WARNING, "pack-health",
+                f"pack {snap.label} ({gone.service}) is offline: its service left the bus",
+            ))
+        health[gone.service] = Health.OFFLINE
+
+    # Time since the last tick, capped: after a stall the bank's movement is unknown, and
+    # counting the whole gap could call a pack frozen that had no chance to show a change.
+    dt = 0.0
+    if state.now_s is not None:
+        dt = min(max(now_s - state.now_s, 0.0), 2.0 * cfg.publish.tick_s)
+
+    watches: dict[str, Watch] = {}
+    for p in packs:
+        fp = fingerprint(p.snapshot)
+        old = old_watches.get(p.service)
+        if old is None or old.fingerprint != fp:
+            watches[p.service] = Watch(
+                fp, now_s, 0.0, old.probed_s if old is not None else -1e18
+            )
+        else:
+            watches[p.service] = old
+    fresh = frozenset(
+        p.service for p in packs
+        if not p.probe_failed and now_s - watches[p.service].changed_s <= fault.probe_after_s
+    )
+    expected = expected_currents(packs, fresh, measured_current_a)
+
+    healthy: list[PackSnapshot] = []
+    missing: list[PackSnapshot] = []
+    probe: list[str] = []
+    present: set[str] = set()  # identities of unhealthy packs already in ``missing``
+    for p in packs:
+        watch = watches[p.service]
+        if watch.changed_s != now_s and expected[p.service] >= fault.frozen_current_a:
+            watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s + dt, watch.probed_s)
+        silent = now_s - p.alive_s
+        if silent > fault.probe_after_s and now_s - watch.probed_s > fault.probe_after_s:
+            probe.append(p.service)
+            watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s, now_s)
+        watches[p.service] = watch
+
+        verdict, reason = _verdict(cfg, p, watch, silent, now_s)
+        snap = p.snapshot
+        if health.get(p.service) is not verdict:
+            events.append(Event(
+                Severity.INFO if verdict is Health.ACTIVE else Severity.WARNING,
+                "pack-health",
+                f"pack {snap.label} ({p.service}): {verdict.value} ({reason})",
+            ))
+            health[p.service] = verdict
+        left = departed.get(p.identity)
+        if verdict is Health.ACTIVE:
+            # Only a healthy return clears what was remembered when it left.
+            departed.pop(p.identity, None)
+            healthy.append(snap)
+            last_good[p.service] = snap
+        else:
+            last = last_good.get(p.service)
+            remembered = most_restrictive(last, left) if last is not None else left
+            missing.append(most_restrictive(snap, remembered))
+            present.add(p.identity)
+    missing.extend(snap for key, snap in departed.items() if key not in present)
+
+    return RosterResult(
+        healthy=tuple(healthy),
+        missing=tuple(missing),
+        probe=tuple(probe),
+        state=RosterState(now_s, watches, last_good, departed, health),
+        events=tuple(events),
+    )
+
+
+def _verdict(
+    cfg: Config, p: PackInput, watch: Watch, silent: float, now_s: float
+) -> tuple[Health, str]:
+    fault = cfg.fault
+    if p.probe_failed:
+        return Health.STALE, "did not answer a liveness probe"
+    if silent > fault.stale_after_s + fault.probe_after_s:
+        return Health.STALE, f"no sign of life for {silent:.0f} s"
+    verdict, reason = bms_health(
+        p.snapshot, connected=p.connected, needs_limits=cfg.limits.mode == "bms"
+    )
+    if verdict is not Health.ACTIVE:
+        return verdict, reason
+    if watch.moving_s >= fault.stale_after_s:
+        return Health.FROZEN, (
+            f"values unchanged for {now_s - watch.changed_s:.0f} s while the bank carried"
+            " current it should show"
+        )
+    return Health.ACTIVE, "ok"
