@@ -269,10 +269,10 @@ class Monitor:
 
     def probe(self, svc: ServiceState) -> None:
         """Check in the background that a silent pack's process still answers."""
+        self.probes_pending += 1
         self._spawn(self._probe(svc))
 
     async def _probe(self, svc: ServiceState) -> None:
-        self.probes_pending += 1
         try:
             await _dbus.call(
                 self._bus, svc.owner, "/ProductName", "GetValue", timeout_s=PROBE_TIMEOUT_S

@@ -175,8 +175,10 @@ class PackSpec:
     cell_resistance_ohm: float | None = None  # None: the chemistry's
     bms_type: str = "Jkbms"
     all_cells_change: bool = False  # load benchmark: every cell voltage differs every step
-    # A real BMS publishes V with 2 decimals, cells with 3, A and SoC with 1: at rest such a
-    # pack shows no change at all for hours (the full-precision default changes every step).
+    # A real BMS publishes V with 2 decimals, cells with 3, A and SoC with 1, and reads exactly
+    # 0 A inside its current dead band: at rest such a pack shows no change at all for hours
+    # (the full-precision default changes every step).  Under load its current reading
+    # flickers by one digit, as a shunt's ADC does.
     quantized: bool = False
     cell_jitter_v: float = 0.0  # cell 1 flickers by this much every other step (a noisy ADC)
     charge_mode: str | None = None  # start in this mode; None: Float at 100 % SoC, else Bulk
@@ -579,8 +581,14 @@ class PackModel:
         if v2:
             values.update(self._v2_values(temp, current, remaining, allow_balance))
         if spec.quantized:
+            values["/Dc/0/Current"] = self._current_reading(current)
             self._quantize(values)
         return values
+
+    def _current_reading(self, current: float) -> float:
+        if abs(current) < CURRENT_DEAD_BAND_A:
+            return 0.0
+        return current + 0.1 * (self.steps % 3 - 1)
 
     def _v2_values(
         self, temp: float, current: float, remaining: float, allow_balance: bool
@@ -659,6 +667,8 @@ class PackModel:
         }
 
 
+# Below this a quantized pack reads exactly 0 A (many BMS have a dead band of this order).
+CURRENT_DEAD_BAND_A = 0.2
 # Decimals a driver publishes, for PackSpec.quantized (cells: 3, see _quantize).
 _RESOLUTION: dict[str, int] = {
     "/Dc/0/Voltage": 2,

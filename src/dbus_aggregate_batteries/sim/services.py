@@ -292,6 +292,17 @@ class SimBank:
                 log.debug("tick %.3f s late, skipping %d", now - deadline, skipped)
                 deadline += skipped * tick_s
 
+    async def sync(self, peer: str) -> None:
+        """Return once ``peer`` has received every signal sent so far by every service.
+
+        A bus delivers one sender's messages in order and a peer answers ``Ping`` after
+        handling what came before it, so a ping from each connection is a barrier.
+        """
+        buses = [s.bus for s in self._pack_services + self._device_services if s.bus is not None]
+        await asyncio.gather(*(
+            _dbus.call(bus, peer, "/", "Ping", "org.freedesktop.DBus.Peer") for bus in buses
+        ))
+
     async def stop(self) -> None:
         """Take every service off the bus."""
         services = self._pack_services + self._device_services
