@@ -143,10 +143,13 @@ def _accepts(snap: PackSnapshot, charging: bool) -> bool:
 
 def _weights(packs: Sequence[PackInput]) -> dict[str, float]:
     """Capacity weights; equal weights unless every pack reports its capacity."""
-    caps = [p.snapshot.installed_capacity_ah for p in packs]
-    if all(c is not None and c > 0 for c in caps):
-        return {p.service: float(c) for p, c in zip(packs, caps, strict=True)}  # type: ignore[arg-type]
-    return {p.service: 1.0 for p in packs}
+    weights: dict[str, float] = {}
+    for p in packs:
+        cap = p.snapshot.installed_capacity_ah
+        if cap is None or cap <= 0:
+            return {q.service: 1.0 for q in packs}
+        weights[p.service] = cap
+    return weights
 
 
 def expected_currents(
@@ -160,24 +163,27 @@ def expected_currents(
     currents may vouch for the bank moving.
     """
     weights = _weights(packs)
+    measured = measured_current_a or 0.0
+    takers = sum(weights[p.service] for p in packs if _accepts(p.snapshot, measured > 0))
+    # The fresh packs' reported currents and capacities, summed once; each pack then takes
+    # its own part out to see what the others say.
+    vouching = {p.service: p.snapshot.current_a or 0.0 for p in packs
+                if p.service in fresh and p.snapshot.current_a is not None}
+    peer_amps = sum(vouching.values())
+    peer_weight = sum(weights[name] for name in vouching)
     out: dict[str, float] = {}
     for p in packs:
         snap = p.snapshot
+        weight = weights[p.service]
         best = abs(snap.current_a) if snap.current_a is not None else 0.0
-        if measured_current_a is not None and measured_current_a != 0.0:
-            charging = measured_current_a > 0
-            if _accepts(snap, charging):
-                takers = sum(weights[q.service] for q in packs if _accepts(q.snapshot, charging))
-                best = max(best, abs(measured_current_a) * weights[p.service] / takers)
-        peers = [
-            q for q in packs
-            if q.service != p.service and q.service in fresh and q.snapshot.current_a is not None
-        ]
-        if peers:
-            total = sum(q.snapshot.current_a or 0.0 for q in peers)
-            rate = total / sum(weights[q.service] for q in peers)  # A per unit of capacity
-            if rate != 0.0 and _accepts(snap, rate > 0):
-                best = max(best, abs(rate) * weights[p.service])
+        if measured and _accepts(snap, measured > 0):
+            best = max(best, abs(measured) * weight / takers)
+        amps, others = peer_amps, peer_weight
+        if p.service in vouching:
+            amps -= vouching[p.service]
+            others -= weight
+        if others > 1e-9 and amps != 0.0 and _accepts(snap, amps > 0):
+            best = max(best, abs(amps) / others * weight)  # the others' A per Ah, times ours
         out[p.service] = best
     return out
 
