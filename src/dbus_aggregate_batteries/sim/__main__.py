@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every cell voltage changes every tick (load benchmark)",
     )
     p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="publish at a real BMS's resolution (with --amplitude 0: a bank at rest that"
+        " changes nothing at all)",
+    )
+    p.add_argument(
         "--victron",
         action="store_true",
         help="also publish a Multi, a solar charger and SmartShunts (battery and dcload)",
@@ -75,6 +82,8 @@ async def run(args: argparse.Namespace) -> int:
         soc_pct=args.soc,
         all_cells_change=args.all_cells_change,
     )
+    if args.quantized:
+        specs = [dataclasses.replace(spec, quantized=True) for spec in specs]
     sim = SimBank(
         specs,
         victron=args.victron,
