@@ -200,3 +200,26 @@ async def test_all_packs_frozen_while_the_multi_charges_50_a_are_caught(
         assert published["/Info/MaxChargeCurrent"] == 0.0
     finally:
         await app.shutdown()
+
+
+async def test_quantized_pack_at_rest_sends_nothing_and_flickers_under_load(
+    bus_address: str, make_bus: MakeBus, sims: list[SimBank]
+) -> None:
+    from test_sim import Recorder
+
+    sim = SimBank([PackSpec(name="ttyUSB5", layout="v014", quantized=True)],
+                  profile=constant_profile(0.0), loads=constant_profile(0.0))
+    sims.append(sim)
+    await sim.start(bus_address)
+    client = await make_bus()
+    async with Recorder(client, sim.pack_names[0]) as pack:
+        for _ in range(60):
+            await sim.tick(1.0)
+        assert await pack.sync() == []  # a minute at rest: not one signal
+        sim.bank.profile = constant_profile(-20.0)
+        currents = set()
+        for _ in range(3):
+            await sim.tick(1.0)
+            currents |= {_dbus.unwrap(m.body[0]["Value"]) for m in await pack.sync()
+                         if m.path == "/Dc/0/Current"}
+        assert currents == {-20.1, -20.0, -19.9}
