@@ -343,3 +343,14 @@ def test_measured_current_comes_only_from_outside_the_packs() -> None:
     assert measured_current(config().current, aux) is None  # bms: no outside measurement
     broken = AuxSnapshot(multi=_dev("vebus", None))
     assert measured_current(config(current={"source": "victron"}).current, broken) is None
+
+
+def test_a_service_back_under_the_same_name_starts_afresh() -> None:
+    snap = at_rest("A")
+    _, state = run(lambda now: ([inp(snap, now)], 30.0), 20)
+    assert state.watches[snap.service].moving_s == pytest.approx(20.0)
+    res = assess(CFG, state, [inp(snap, 1021.0)], now_s=1021.0, measured_current_a=30.0,
+                 departures=[Departure(snap.service, "serial:A", snap)])
+    assert res.state.watches[snap.service].moving_s == 0.0
+    assert res.state.watches[snap.service].changed_s == 1021.0
+    assert health_of(res, "A") is Health.ACTIVE and res.state.departed == {}

@@ -204,6 +204,7 @@ def assess(
     last_good = dict(state.last_good)
     departed = dict(state.departed)
     old_watches = state.watches
+    left_now = {gone.service for gone in departures}
 
     for gone in departures:
         snap = last_good.pop(gone.service, None) or gone.snapshot
@@ -224,7 +225,8 @@ def assess(
     watches: dict[str, Watch] = {}
     for p in packs:
         fp = fingerprint(p.snapshot)
-        old = old_watches.get(p.service)
+        # A service that left and is back under the same name starts afresh.
+        old = None if p.service in left_now else old_watches.get(p.service)
         if old is None or old.fingerprint != fp:
             watches[p.service] = Watch(
                 fp, now_s, 0.0, old.probed_s if old is not None else -1e18
