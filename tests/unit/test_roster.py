@@ -354,3 +354,24 @@ def test_a_service_back_under_the_same_name_starts_afresh() -> None:
     assert res.state.watches[snap.service].moving_s == 0.0
     assert res.state.watches[snap.service].changed_s == 1021.0
     assert health_of(res, "A") is Health.ACTIVE and res.state.departed == {}
+
+
+def test_frozen_event_says_how_much_current_the_pack_should_show() -> None:
+    snaps = [at_rest(n) for n in "AB"]
+    results, _ = run(lambda now: ([inp(s, now) for s in snaps], 24.0), 30)
+    messages = [e.message for e in results[30].events]
+    assert any("frozen (values unchanged for 30 s" in m and "(now 12.0 A)" in m
+               for m in messages), messages
+
+
+def test_shell_state_tells_alive_from_changed() -> None:
+    from dbus_aggregate_batteries.shell.state import ServiceState
+
+    svc = ServiceState(name="com.victronenergy.battery.A", owner=":1.5", first_seen_s=10.0)
+    svc.apply_one("/Dc/0/Voltage", 53.2, 11.0)
+    version = svc.version
+    svc.apply_one("/Dc/0/Voltage", 53.2, 20.0)  # the same value again: alive, not changed
+    assert svc.version == version and svc.alive_s == 20.0
+    svc.probe_failed = True
+    svc.answered(35.0)  # an answered probe: alive, and no longer failed
+    assert svc.alive_s == 35.0 and not svc.probe_failed and svc.version == version

@@ -253,7 +253,7 @@ def assess(
             watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s, now_s)
         watches[p.service] = watch
 
-        verdict, reason = _verdict(cfg, p, watch, silent, now_s)
+        verdict, reason = _verdict(cfg, p, watch, silent, now_s, expected[p.service])
         snap = p.snapshot
         if health.get(p.service) is not verdict:
             events.append(Event(
@@ -285,7 +285,7 @@ def assess(
 
 
 def _verdict(
-    cfg: Config, p: PackInput, watch: Watch, silent: float, now_s: float
+    cfg: Config, p: PackInput, watch: Watch, silent: float, now_s: float, expected_a: float
 ) -> tuple[Health, str]:
     fault = cfg.fault
     if p.probe_failed:
@@ -300,6 +300,6 @@ def _verdict(
     if watch.moving_s >= fault.stale_after_s:
         return Health.FROZEN, (
             f"values unchanged for {now_s - watch.changed_s:.0f} s while the bank carried"
-            " current it should show"
+            f" current it should show (now {expected_a:.1f} A)"
         )
     return Health.ACTIVE, "ok"
