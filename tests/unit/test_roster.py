@@ -375,3 +375,11 @@ def test_shell_state_tells_alive_from_changed() -> None:
     svc.probe_failed = True
     svc.answered(35.0)  # an answered probe: alive, and no longer failed
     assert svc.alive_s == 35.0 and not svc.probe_failed and svc.version == version
+
+
+@pytest.mark.parametrize("value", [0.5, 0.0, -5.0, 1001.0])
+def test_frozen_current_outside_its_range_is_refused(value: float) -> None:
+    from dbus_aggregate_batteries.config import ConfigError
+
+    with pytest.raises(ConfigError, match="frozen_current_a"):
+        config(fault={"frozen_current_a": value})
