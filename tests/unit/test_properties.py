@@ -26,7 +26,7 @@ from dbus_aggregate_batteries.core.charge import (
     dynamic_cvl,
     step_balancing,
 )
-from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.engine import NO_DATA_CVL_V, EngineState, step
 from dbus_aggregate_batteries.core.limits import (
     bms_current_limits,
     bms_cvl,
@@ -408,7 +408,13 @@ def test_engine_no_healthy_pack(
     assert res.limits.ccl_a == 0.0
     # CVL holds (or follows a missing pack's lower last known CVL); it never rises.
     if last_cvl is None:
-        assert res.limits.cvl_v is None or cfg.limits.mode == "bms"
+        # Never known: the no-data CVL (own mode), or a missing pack's CVL (bms mode); never
+        # None, and never above what a missing pack last allowed.
+        cvls = [p.cvl_v for p in missing if p.cvl_v is not None]
+        if cfg.limits.mode == "own" or not cvls:
+            assert res.limits.cvl_v == NO_DATA_CVL_V
+        else:
+            assert res.limits.cvl_v <= min(cvls) + TOL
     else:
         assert res.limits.cvl_v is not None and res.limits.cvl_v <= last_cvl + TOL
     assert res.values["/Alarms/BmsCable"] == 2

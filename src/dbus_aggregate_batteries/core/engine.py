@@ -14,6 +14,10 @@ Degraded operation (fewer healthy packs than expected, or any pack missing/stale
   stays at the lowest last known DCL of a single pack (a driver restart must not shut down
   inverters in island mode, which stop at DCL 0), then DCL = 0;
 - /Alarms/BmsCable is raised (1 = warning while degraded, 2 = alarm with no healthy pack).
+
+Before any CVL was ever known (no pack has been valid since start) CVL is NO_DATA_CVL_V (0 V):
+a valid number keeps the service the system's BMS, and no charger charges towards 0 V
+whatever the cell count or chemistry (docs/failure-modes.md says why not None).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
 LOW_VOLTAGE_INDEX = ALARM_PATHS.index("/Alarms/LowVoltage")
 HIGH_VOLTAGE_INDEX = ALARM_PATHS.index("/Alarms/HighVoltage")
+# CVL while no CVL was ever known: the only voltage safe for any cell count and chemistry.
+NO_DATA_CVL_V = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +80,9 @@ class EngineState:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The three values DVCC acts on; CVL is None only before any CVL was ever known."""
+    """The three values DVCC acts on; never None (CVL is NO_DATA_CVL_V until one is known)."""
 
-    cvl_v: float | None
+    cvl_v: float
     ccl_a: float
     dcl_a: float
 
@@ -340,7 +346,7 @@ def step(
     )
     cvl = _finite(cvl)
     if cvl is None:
-        cvl = state.last_cvl_v
+        cvl = NO_DATA_CVL_V if state.last_cvl_v is None else state.last_cvl_v
     elif not healthy and state.last_cvl_v is not None:
         cvl = min(cvl, state.last_cvl_v)  # nothing live to follow: hold, never raise
     limits = Limits(cvl, _finite(currents.ccl_a) or 0.0, _finite(currents.dcl_a) or 0.0)

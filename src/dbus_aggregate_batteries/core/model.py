@@ -15,6 +15,8 @@ from enum import Enum
 from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 # Plausible ranges; outside them a value is treated as missing (bad data, not physics).
+# The pack-voltage paths (PER_CELL_PATHS) use the range here only when the pack's cell count
+# is unknown; otherwise their upper bound is the cell count times the highest cell voltage.
 RANGES: dict[str, tuple[float, float]] = {
     "/Dc/0/Voltage": (0.0, 100.0),
     "/Dc/0/Current": (-10000.0, 10000.0),
@@ -38,6 +40,11 @@ RANGES: dict[str, tuple[float, float]] = {
 # Voltage 0 is not a pack voltage: a BMS that lost its cells reports 0, not a measurement.
 EXCLUSIVE_LOW = frozenset({"/Dc/0/Voltage", "/Voltages/Sum"})
 CELL_RANGE = (0.0, 5.0)
+# Voltages of the whole pack: plausible up to (cells in series) x CELL_RANGE[1], so a 32-cell
+# LFP pack (~105 V) or a 48-cell LTO pack is accepted and a 16-cell pack claiming 200 V is not.
+PER_CELL_PATHS = frozenset(
+    {"/Dc/0/Voltage", "/Voltages/Sum", "/Info/MaxChargeVoltage", "/Info/BatteryLowVoltage"}
+)
 INT_RANGES: dict[str, tuple[int, int]] = {
     "/System/NrOfCellsPerBattery": (1, 64),
     "/System/NrOfModulesOnline": (0, 1000),
@@ -193,7 +200,8 @@ class _Reader:
     values: Mapping[str, Value]
     bad: list[BadValue] = field(default_factory=list)
 
-    def num(self, path: str) -> float | None:
+    def num(self, path: str, cells: int | None = None) -> float | None:
+        """A finite number in its plausible range; ``cells`` scales a PER_CELL_PATHS range."""
         if path not in self.values:
             return None
         raw = self.values[path]
@@ -204,9 +212,13 @@ class _Reader:
             self.bad.append(BadValue(path, repr(raw)[:40], "not a finite number"))
             return None
         low, high = RANGES.get(path, (-math.inf, math.inf))
+        why = ""
+        if cells is not None and path in PER_CELL_PATHS:
+            high = cells * CELL_RANGE[1]
+            why = f" ({cells} cells x {CELL_RANGE[1]:g} V)"
         too_low = number <= low if path in EXCLUSIVE_LOW else number < low
         if too_low or number > high:
-            self.bad.append(BadValue(path, repr(raw)[:40], f"outside {low:g}..{high:g}"))
+            self.bad.append(BadValue(path, repr(raw)[:40], f"outside {low:g}..{high:g}{why}"))
             return None
         return number
 
@@ -267,7 +279,11 @@ def pack_from_values(
             if path not in values and n_cells is None:
                 break
             cells.append(r.cell(path))
-    voltage = r.num("/Dc/0/Voltage")
+    # Ranges of the pack voltages scale with the cells in series: the published count, else
+    # the cell voltages the pack publishes, else (neither known) RANGES' fixed bound.
+    present = sum(1 for c in cells if c is not None)
+    range_cells = n_cells if n_cells is not None else present or None
+    voltage = r.num("/Dc/0/Voltage", range_cells)
     if None not in (n_cells, voltage, max_cell, min_cell):
         assert n_cells is not None and voltage is not None
         assert max_cell is not None and min_cell is not None
@@ -283,6 +299,10 @@ def pack_from_values(
                 )
             )
             n_cells = None
+            # The count was the only reason a high voltage looked plausible: check it again.
+            range_cells = present or None
+            if voltage is not None and r.num("/Dc/0/Voltage", range_cells) is None:
+                voltage = None
     known_cells = [c for c in cells if c is not None]
     if max_cell is None and known_cells:
         max_cell = max(known_cells)
@@ -308,7 +328,7 @@ def pack_from_values(
         min_cell_temp_c=r.num("/System/MinCellTemperature"),
         max_temp_id=r.text("/System/MaxTemperatureCellId"),
         min_temp_id=r.text("/System/MinTemperatureCellId"),
-        voltages_sum_v=r.num("/Voltages/Sum"),
+        voltages_sum_v=r.num("/Voltages/Sum", range_cells),
         cells=tuple(cells),
         cells_per_battery=n_cells,
         modules_online=r.integer("/System/NrOfModulesOnline"),
@@ -320,10 +340,10 @@ def pack_from_values(
         allow_to_discharge=r.integer("/Io/AllowToDischarge"),
         allow_to_balance=r.integer("/Io/AllowToBalance"),
         balancing=r.integer("/Balancing"),
-        cvl_v=r.num("/Info/MaxChargeVoltage"),
+        cvl_v=r.num("/Info/MaxChargeVoltage", range_cells),
         ccl_a=r.num("/Info/MaxChargeCurrent"),
         dcl_a=r.num("/Info/MaxDischargeCurrent"),
-        battery_low_voltage_v=r.num("/Info/BatteryLowVoltage"),
+        battery_low_voltage_v=r.num("/Info/BatteryLowVoltage", range_cells),
         charge_mode=r.text("/Info/ChargeMode"),
     )
     return snap, tuple(r.bad)

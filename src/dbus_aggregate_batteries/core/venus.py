@@ -156,3 +156,25 @@ def text_for_path(path: str, value: Value) -> str:
     if render is None and path.startswith("/Voltages/"):
         render = _CELL_TEXT
     return render(value) if render else str(value)
+
+
+# The Venus GUI's own limit for a device name: gui-v2 pages/settings/PageDeviceInfo.qml gives
+# the /CustomName text field ``maximumLength: 32`` (characters).
+CUSTOM_NAME_MAX_CHARS = 32
+
+
+def custom_name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a /CustomName, or None when it can (empty clears the name).
+
+    Bounded and printable only: the name is republished in every GetItems reply and shown by
+    the GUI, VRM and MQTT clients, and a control character or a megabyte string there only
+    does harm. The reason never contains the value itself, so logging it stays short.
+    """
+    if not isinstance(value, str):
+        return f"not text ({type(value).__name__})"
+    if len(value) > CUSTOM_NAME_MAX_CHARS:
+        return f"{len(value)} characters, at most {CUSTOM_NAME_MAX_CHARS} allowed"
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        return f"contains the non-printable character U+{ord(bad):04X}"
+    return None

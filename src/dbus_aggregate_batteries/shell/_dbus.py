@@ -35,8 +35,10 @@ __all__ = [
     "call",
     "connect",
     "disconnect",
+    "guard_writer",
     "remove_match",
     "unwrap",
+    "writer_guarded",
 ]
 
 _ENV = "DAB_DBUS_LIBRARY"
@@ -111,7 +113,66 @@ async def connect(bus: str) -> MessageBus:
         conn = MessageBus(bus_type=BusType.SESSION)
     else:
         conn = MessageBus(bus_address=bus)
-    return await conn.connect()
+    connected = await conn.connect()
+    guard_writer(connected)
+    return connected
+
+
+class _RetryingSocket:
+    """The writer's view of the bus socket: a full send buffer means "0 bytes sent, retry".
+
+    Both libraries' asyncio writers (dbus-next 0.2.3, dbus-fast 2.21.1 up to at least 5.2.0)
+    call ``send()`` on the non-blocking socket and treat *every* exception as fatal: they
+    finalize the connection. ``BlockingIOError`` (EAGAIN) only means the kernel's send buffer
+    is full because the daemon has not read it yet; it happens whenever more is queued than the
+    buffer holds (~200 kB on Linux): a large reply or signal followed by another message, or
+    many replies while the daemon is busy. dbus-fast also sends at once, without waiting until
+    the socket is writable, whenever its queue is empty, so it hits this even with a partly
+    written message pending. Reporting 0 bytes instead makes the writer keep the unsent rest
+    and wait for the socket to become writable, which is the writer's own path for a partial
+    write.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: Any, *flags: int) -> int:
+        try:
+            sent: int = self._sock.send(data, *flags)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        return sent
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        # Only used to pass file descriptors, which this project never sends; after it the
+        # writer forgets the descriptors, so a failed attempt must stay an error.
+        sent: int = self._sock.sendmsg(buffers, *args)
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def guard_writer(bus: MessageBus) -> bool:
+    """Make ``bus``'s writer survive a full socket send buffer (see :class:`_RetryingSocket`).
+
+    Returns False, and changes nothing, when the library's writer does not look as expected
+    (a future version); the tests check that it is installed for the versions we support.
+    """
+    writer = getattr(bus, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if sock is None or not callable(getattr(sock, "send", None)):
+        return False
+    if not isinstance(sock, _RetryingSocket):
+        writer.sock = _RetryingSocket(sock)  # type: ignore[union-attr]
+    return True
+
+
+def writer_guarded(bus: MessageBus) -> bool:
+    """Whether :func:`guard_writer` is in place on this connection (for tests)."""
+    return isinstance(getattr(getattr(bus, "_writer", None), "sock", None), _RetryingSocket)
 
 
 async def disconnect(bus: MessageBus, timeout_s: float = 5.0) -> None:

@@ -35,7 +35,7 @@ from dbus_aggregate_batteries.core.model import (
     device_current,
 )
 from dbus_aggregate_batteries.core.roster import Departure, PackInput, RosterState, assess
-from dbus_aggregate_batteries.core.venus import SERVICE_PREFIX, Value
+from dbus_aggregate_batteries.core.venus import SERVICE_PREFIX, Value, custom_name_problem
 from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.shell.discovery import Monitor
 from dbus_aggregate_batteries.shell.export import BusItemService, NameTakenError
@@ -138,6 +138,8 @@ class Application:
         self._last_summary = 0.0
         self._last_tick_done = 0.0
         self.registered = False
+        self._names_rejected = 0
+        self._name_rejection_logged_s = -1e18
 
     # ------------------------------------------------------------------ start-up
 
@@ -206,8 +208,18 @@ class Application:
                          instance, self.cfg.publish.device_instance)
             self.device_instance = instance
         name = got.get(f"{base}/CustomName")
-        if isinstance(name, str):
+        problem = custom_name_problem(name)
+        if name is None:
+            pass  # not returned: keep the configured name
+        elif problem is None:
+            assert isinstance(name, str)
             self.custom_name = name
+        else:
+            # Written by anyone who can reach localsettings; the configured name is safe.
+            log.warning(
+                "ignoring the custom name stored in localsettings (%s): using %r",
+                problem, self.custom_name,
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -237,8 +249,19 @@ class Application:
         )
 
     def _custom_name_changed(self, path: str, value: Value) -> bool:
-        if not isinstance(value, str):
+        problem = custom_name_problem(value)
+        if problem is not None:
+            # One short line, and at most one a minute: any LAN client can write this path.
+            now = self.clock()
+            self._names_rejected += 1
+            if now - self._name_rejection_logged_s >= 60.0:
+                log.warning(
+                    "SetValue %s rejected: %s (%d rejected so far)",
+                    path, problem, self._names_rejected,
+                )
+                self._name_rejection_logged_s = now
             return False
+        assert isinstance(value, str)
         self.custom_name = value
         log.info("custom name set to %r", value)
         if self.settings.available:
