@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from dbus_aggregate_batteries.core.venus import custom_name_problem
+
 # Cell-voltage defaults per chemistry.  LFP values are the original program's defaults; LTO
 # values are its example LTO configuration (upstream.md 2.2).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -57,6 +59,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CELL_V = Field(ge=0.5, le=5.0)
 
+# Bounds that make a hostile or mistaken file fail fast with one clear line. A real config is
+# ~8 kB with ~150 YAML nodes (every list at its longest would still stay below 1000): limits
+# on the file size, the number of YAML nodes, every string's and every list's length. D-Bus
+# names and object paths are at most 255 characters.
+MAX_FILE_BYTES = 256 * 1024
+MAX_NODES = 2_000
+MAX_TEXT = 255
+MAX_LIST = 64
+MAX_PROBLEMS = 20
+MAX_DIR_PATH = 1024
+
 
 class ConfigError(Exception):
     """A configuration file is unreadable or invalid; ``problems`` lists every issue found."""
@@ -74,19 +87,27 @@ class _Base(BaseModel):
 class DiscoveryConfig(_Base):
     """Which D-Bus services are packs, shunts, inverter/chargers and solar chargers."""
 
-    battery_service_prefix: str = Field("com.victronenergy.battery", min_length=1)
-    battery_product_names: list[str] = Field(
-        default_factory=lambda: ["SerialBattery"], min_length=1
+    battery_service_prefix: str = Field(
+        "com.victronenergy.battery", min_length=1, max_length=MAX_TEXT
     )
-    exclude_services: list[str] = Field(default_factory=list)
-    exclude_serials: list[str] = Field(default_factory=list)
-    name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$")
+    battery_product_names: list[str] = Field(
+        default_factory=lambda: ["SerialBattery"], min_length=1, max_length=MAX_LIST
+    )
+    exclude_services: list[str] = Field(default_factory=list, max_length=MAX_LIST)
+    exclude_serials: list[str] = Field(default_factory=list, max_length=MAX_LIST)
+    name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$", max_length=MAX_TEXT)
     expected_count: int = Field(0, ge=0, le=64)
-    smartshunt_product_names: list[str] = Field(default_factory=lambda: ["SmartShunt"])
-    dcload_service_prefix: str = Field("com.victronenergy.dcload", min_length=1)
+    smartshunt_product_names: list[str] = Field(
+        default_factory=lambda: ["SmartShunt"], max_length=MAX_LIST
+    )
+    dcload_service_prefix: str = Field(
+        "com.victronenergy.dcload", min_length=1, max_length=MAX_TEXT
+    )
     # An empty prefix would match every service; "no Multi" is ``current.use_multi: false``.
-    multi_service_prefix: str = Field("com.victronenergy.vebus", min_length=1)
-    solarcharger_service_prefix: str = Field("com.victronenergy.solarcharger", min_length=1)
+    multi_service_prefix: str = Field("com.victronenergy.vebus", min_length=1, max_length=MAX_TEXT)
+    solarcharger_service_prefix: str = Field(
+        "com.victronenergy.solarcharger", min_length=1, max_length=MAX_TEXT
+    )
     rescan_interval_s: float = Field(2.0, ge=0.1, le=600)
 
     @field_validator("battery_product_names", "smartshunt_product_names")
@@ -94,14 +115,14 @@ class DiscoveryConfig(_Base):
     def _non_empty_keywords(cls, value: list[str]) -> list[str]:
         if any(not item for item in value):
             raise ValueError("keywords must not be empty strings (an empty keyword matches all)")
-        return value
+        return _short_items(value)
 
     @field_validator("exclude_services", "exclude_serials")
     @classmethod
     def _non_empty_excludes(cls, value: list[str]) -> list[str]:
         if any(not item for item in value):
             raise ValueError("entries must not be empty strings")
-        return value
+        return _short_items(value)
 
 
 class CurrentConfig(_Base):
@@ -110,7 +131,9 @@ class CurrentConfig(_Base):
     source: Literal["bms", "victron", "smartshunt"] = "bms"
     use_multi: bool = True
     smartshunts: Literal["none", "all"] | list[int | str] = "none"
-    smartshunt_name_path: str = Field("/CustomName", pattern=r"^/[A-Za-z0-9_/]+$")
+    smartshunt_name_path: str = Field(
+        "/CustomName", pattern=r"^/[A-Za-z0-9_/]+$", max_length=MAX_TEXT
+    )
     invert_smartshunts: bool = False
     fallback_to_bms: bool = True
 
@@ -126,6 +149,8 @@ class CurrentConfig(_Base):
             return value
         if not isinstance(value, list):
             raise ValueError("must be 'none', 'all' or a list of VRM instances / names")
+        if len(value) > MAX_LIST:
+            raise ValueError(f"at most {MAX_LIST} shunts, this list has {len(value)}")
         for index, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, (int, str)):
                 raise ValueError(
@@ -135,6 +160,8 @@ class CurrentConfig(_Base):
                 raise ValueError(f"item {index}: a VRM instance must be in 0..1023")
             if isinstance(item, str) and not item:
                 raise ValueError(f"item {index}: a shunt name must not be empty")
+            if isinstance(item, str) and len(item) > MAX_TEXT:
+                raise ValueError(f"item {index}: a shunt name has at most {MAX_TEXT} characters")
         return value
 
 
@@ -292,10 +319,26 @@ class PublishConfig(_Base):
     service_suffix: str = Field("aggregate", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     device_instance: int = Field(99, ge=0, le=1023)
     product_id: int = Field(0xBA44, ge=0, le=0xFFFF)
-    product_name: str = Field("AggregateBatteries", min_length=1)
+    product_name: str = Field("AggregateBatteries", min_length=1, max_length=MAX_TEXT)
     custom_name: str = "AggregateBatteries"
     send_cell_voltages: bool = False
     tick_s: float = Field(1.0, ge=0.05, le=10.0)
+
+    @field_validator("custom_name")
+    @classmethod
+    def _custom_name(cls, value: str) -> str:
+        # The bound the GUI and SetValue('/CustomName') apply (core/venus.py).
+        problem = custom_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("product_name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
 
     @field_validator("product_id")
     @classmethod
@@ -321,7 +364,9 @@ class FaultConfig(_Base):
 class ServiceConfig(_Base):
     """Process-level settings."""
 
-    state_dir: str = Field("/data/apps/dbus-aggregate-batteries/state", min_length=1)
+    state_dir: str = Field(
+        "/data/apps/dbus-aggregate-batteries/state", min_length=1, max_length=MAX_DIR_PATH
+    )
     summary_interval_s: float = Field(300.0, ge=0.0, le=86400.0)
     max_consecutive_failures: int = Field(10, ge=1, le=1000)
     watchdog_s: float = Field(30.0, ge=2.0, le=600.0)
@@ -418,6 +463,13 @@ _REPR.maxlevel = 2
 def _short_repr(value: Any) -> str:
     # Bounded in time and length, even for huge or self-referencing YAML values.
     return _REPR.repr(value)
+
+
+def _short_items(value: list[str]) -> list[str]:
+    for index, item in enumerate(value):
+        if len(item) > MAX_TEXT:
+            raise ValueError(f"item {index}: at most {MAX_TEXT} characters, got {len(item)}")
+    return value
 
 
 _SECTIONS = ("discovery", "current", "soc", "limits", "publish", "fault", "service", "logging")
@@ -534,7 +586,8 @@ def _clean_loc(loc: tuple[Any, ...], error_type: str) -> tuple[Any, ...]:
     kept: list[Any] = []
     for index, item in enumerate(loc):
         if index == last and error_type in _KEY_ERRORS:
-            kept.append(item if isinstance(item, str) else str(item))
+            key = item if isinstance(item, str) else str(item)
+            kept.append(key if len(key) <= 40 else _short_repr(key))
         elif isinstance(item, int):
             kept.append(item)
         elif not isinstance(item, str):
@@ -633,6 +686,12 @@ def _problem_lines(exc: ValidationError, data: Mapping[str, Any] | None) -> list
             continue
         if line not in lines:
             lines.append(line)
+            if len(lines) > MAX_PROBLEMS:
+                break
+    if len(lines) > MAX_PROBLEMS:
+        # A file with thousands of mistakes is the wrong file: a few lines say so.
+        lines[MAX_PROBLEMS:] = [f"... and more: {len(errors)} problems in all, first"
+                                f" {MAX_PROBLEMS} shown"]
     return lines or consequences
 
 
@@ -650,8 +709,31 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(source, ["(top level): the document is nested too deeply"]) from None
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML this loader will not read (aliases, too many values)."""
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reports bad tagged values with a position."""
+    """SafeLoader that rejects duplicate keys and reports bad tagged values with a position.
+
+    It also refuses aliases (``*name``: a few of them nest into billions of values) and stops
+    after MAX_NODES nodes, so that a hostile document ends in milliseconds.
+    """
+
+    _nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        problem = None
+        if self.check_event(yaml.AliasEvent):
+            problem = "aliases (*name) are not supported in this file"
+        else:
+            self._nodes += 1
+            if self._nodes > MAX_NODES:
+                problem = f"more than {MAX_NODES} values: not a configuration file for this service"
+        if problem is not None:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _Refused(None, None, problem, mark)
+        return super().compose_node(parent, index)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -691,8 +773,15 @@ class _ConfigLoader(yaml.SafeLoader):
 
 def parse_config_text(text: str, source: str = "<config>") -> Config:
     """Parse YAML text and validate it; syntax errors carry the line and column."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(
+            source, [f"(top level): the text is longer than {MAX_FILE_BYTES // 1024} KiB"]
+        )
     try:
         data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass
+    except _Refused as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(source, [f"line {line}: {exc.problem}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -712,9 +801,19 @@ def load_config(path: str | Path) -> Config:
     """Read and validate the configuration file at ``path``."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as file:
+            # Never more than the limit is read: a 50 MB file or /dev/zero is refused at once.
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            str(p),
+            [f"the file is larger than {MAX_FILE_BYTES // 1024} KiB, the limit for"
+             " a configuration file (config.example.yaml is about 8 KiB); is it the right file?"],
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(p), ["the file is not UTF-8 text"]) from None
     return parse_config_text(text, str(p))
