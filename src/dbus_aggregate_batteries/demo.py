@@ -2,6 +2,11 @@
 
 Everything runs against its own dbus-daemon (never the machine's buses).  The table is read
 back over D-Bus with GetItems, exactly as a Venus OS consumer would read it.
+
+Ctrl-C (SIGINT), SIGTERM and SIGHUP (its terminal closed) all stop the demo the same way: the
+service and the simulator stop, the private dbus-daemon is terminated and the temporary
+folder removed. The daemon runs in its own session, so it never sees the terminal's signals;
+only this process can stop it, so no signal may end this process without the clean-up.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 AGGREGATE = "com.victronenergy.battery.aggregate"
 SPEED = 10.0  # simulated seconds per real second, so SoC visibly moves
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_INTERRUPTED = 130
+
+
+class _Interrupted(Exception):
+    """A stop signal arrived before the event loop's own handlers were installed."""
 
 
 def demo_specs(batteries: int) -> list[PackSpec]:
@@ -97,6 +108,21 @@ def _render(rows: list[list[str]], footer: str) -> Any:
 
 
 async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: Path) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    running = asyncio.Event()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        # While starting, cancel the start-up (the context managers below clean up); once
+        # running, stop the normal way so the service saves its state.
+        if running.is_set():
+            stop.set()
+        elif main is not None:
+            main.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
     with private_bus(workdir) as address:
         bank = SimBank(demo_specs(batteries), profile=sine_profile(60.0, 900.0))
         await bank.start(address)
@@ -104,10 +130,7 @@ async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: 
         app = Application(cfg, await _dbus.connect(address), state_dir=workdir / "state")
         await app.start()
         client = await _dbus.connect(address)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        running.set()
         sim_task = asyncio.ensure_future(bank.run(1.0, stop, speed=SPEED))
         app_task = asyncio.ensure_future(app.run())
         live: Any = None
@@ -141,7 +164,9 @@ async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: 
                     await asyncio.wait_for(stop.wait(), 1.0)
         finally:
             if live is not None:
-                live.stop()
+                # After SIGHUP the terminal is gone and writing to it fails: clean up anyway.
+                with contextlib.suppress(OSError):
+                    live.stop()
             stop.set()
             app.stopping.set()
             code = await app_task
@@ -153,9 +178,26 @@ async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: 
         return code
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted(signum)
+
+
 def run_demo(*, batteries: int, duration_s: float | None, config: str | None) -> int:
     """Entry point of ``dbus-aggregate-batteries demo``."""
     cfg = load_config(config) if config else parse_config(DEMO_CONFIG)
+    # Until the event loop installs its handlers, SIGTERM and SIGHUP raise (as SIGINT does)
+    # instead of killing the process, so every ``finally`` below still runs.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS[1:]}
+    try:
+        return _run_demo(batteries, duration_s, cfg)
+    except (_Interrupted, KeyboardInterrupt, asyncio.CancelledError):
+        return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_demo(batteries: int, duration_s: float | None, cfg: Config) -> int:
     with tempfile.TemporaryDirectory(prefix="dab-demo-") as tmp:
         workdir = Path(tmp)
         handler = logging.FileHandler(workdir / "demo.log")
