@@ -48,5 +48,22 @@ if [ ! -x "$VENV/bin/python" ]; then
         fi
     fi
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+# pip's own output (progress, notices, the build backend's chatter) goes to a log that is shown
+# only when a step fails, so a good set-up prints three lines and a failing one its full error.
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+quiet() {
+    local what="$1"
+    shift
+    if ! "$@" >"$LOG" 2>&1; then
+        echo "setup: $what failed; its output:" >&2
+        cat "$LOG" >&2
+        exit 1
+    fi
+}
+echo "setup: installing dbus-aggregate-batteries and its tools into $VENV"
+quiet "upgrading pip" "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    --upgrade pip
+quiet "installing the package" "$VENV/bin/python" -m pip install -q \
+    --disable-pip-version-check -e "$ROOT[test]"
+echo "setup: ready ($("$VENV/bin/python" --version), $(dbus-daemon --version | head -n 1))"
