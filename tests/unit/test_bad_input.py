@@ -11,6 +11,7 @@ from factories import config, pack
 from dbus_aggregate_batteries.core.engine import NO_DATA_CVL_V, EngineState, step
 from dbus_aggregate_batteries.core.model import AuxSnapshot, pack_from_values
 from dbus_aggregate_batteries.core.venus import CUSTOM_NAME_MAX_CHARS, custom_name_problem
+from dbus_aggregate_batteries.shell.state import ServiceState
 
 TODAY = date(2026, 6, 1)
 
@@ -164,3 +165,30 @@ def test_custom_name_refused_with_a_short_reason(name: object, reason: str) -> N
     problem = custom_name_problem(name)
     assert problem is not None and reason in problem
     assert len(problem) < 80
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        ("/System/MaxVoltageCellId", "C" * 1_000_000, "1000000 characters, at most 128"),
+        ("/Info/ChargeMode", "Bulk\x1b[2J", "not printable"),
+        ("/System/MinTemperatureCellId", "T\n1", "not printable"),
+    ],
+)
+def test_pack_texts_are_bounded(path: str, value: str, reason: str) -> None:
+    """A pack's texts are republished (merged cell ids) and logged: huge or raw ones are bad."""
+    snap, bad = pack_from_values("svc", "A", raw_pack(16, 3.30, **{path: value}))
+    (item,) = bad
+    assert item.path == path and item.reason == reason and len(item.value) < 40
+    assert value not in repr(snap)
+
+
+def test_a_huge_or_unprintable_pack_name_is_not_used_as_label() -> None:
+    svc = ServiceState(name="com.victronenergy.battery.ttyUSB3", owner=":1.5")
+    svc.values.update({"/ProductName": "SerialBattery(Jkbms)", "/CustomName": "N" * 129,
+                       "/Serial": "SN\x1b[2J"})
+    assert svc.label("/CustomName") == "ttyUSB3"
+    svc.values["/Serial"] = "SN-42"
+    assert svc.label("/CustomName") == "SN-42"
+    svc.values["/CustomName"] = "  Rack B  "
+    assert svc.label("/CustomName") == "Rack B"

@@ -71,6 +71,9 @@ TEXT_PATHS = frozenset(
     }
 )
 MAX_CELLS = 64
+# Longest text taken from a pack (cell ids, charge mode, names): texts are republished in the
+# merged ids and logged, so a pack (or whoever writes its /CustomName) must not inflate them.
+MAX_TEXT_CHARS = 128
 # How far the mean cell voltage (pack voltage / cell count) may lie outside the pack's own
 # min..max cell before the count is not believed (cable drop, measurement offsets).
 CELL_COUNT_TOLERANCE_V = 0.25
@@ -251,6 +254,11 @@ class _Reader:
             return None
         if not isinstance(raw, str):
             self.bad.append(BadValue(path, repr(raw)[:40], "not a string"))
+            return None
+        if len(raw) > MAX_TEXT_CHARS or not raw.isprintable():
+            reason = (f"{len(raw)} characters, at most {MAX_TEXT_CHARS}"
+                      if len(raw) > MAX_TEXT_CHARS else "not printable")
+            self.bad.append(BadValue(path, repr(raw[:30]), reason))
             return None
         return raw
 

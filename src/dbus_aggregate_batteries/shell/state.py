@@ -10,7 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from dbus_aggregate_batteries.core.model import BadValue, PackSnapshot, pack_from_values
+from dbus_aggregate_batteries.core.model import (
+    MAX_TEXT_CHARS,
+    BadValue,
+    PackSnapshot,
+    pack_from_values,
+)
 from dbus_aggregate_batteries.core.venus import Value
 
 
@@ -104,13 +109,17 @@ class ServiceState:
         """The pack's name in cell ids and logs: the configured path, /Serial, or the tty.
 
         serialbattery v0.14 defaults /CustomName to the product name, which names every pack
-        alike; such a value is skipped.
+        alike; such a value is skipped. So is a name that is too long or not printable: the
+        label goes into published cell ids and path names and into log lines.
         """
         product = self.values.get("/ProductName")
         for path in (name_path, "/CustomName", "/Serial"):
             value = self.values.get(path)
-            if isinstance(value, str) and value.strip() and value != product:
-                return value.strip()
+            if not isinstance(value, str) or value == product:
+                continue
+            value = value.strip()
+            if value and len(value) <= MAX_TEXT_CHARS and value.isprintable():
+                return value
         return self.name.rsplit(".", 1)[-1]
 
     @property
