@@ -114,9 +114,11 @@ async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: 
     main = asyncio.current_task()
 
     def on_signal() -> None:
-        # While starting, cancel the start-up (the context managers below clean up); once
-        # running, stop the normal way so the service saves its state.
-        if running.is_set():
+        # Always the normal way: a signal while starting lets the start-up finish (it is
+        # bounded by the start-up window and call timeouts) and then stops at once, so every
+        # connection is closed before the daemon goes. A second signal while starting cancels
+        # the start-up; the daemon and the folder are still removed.
+        if running.is_set() or not stop.is_set():
             stop.set()
         elif main is not None:
             main.cancel()
