@@ -155,3 +155,21 @@ async def test_largest_replies_and_signals_keep_the_service_up(
             await app.shutdown()
     finally:
         await sim.stop()
+
+
+async def test_without_any_valid_pack_cvl_is_zero_not_invalid(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """Registered with no pack at all: CVL is a valid 0 V, so DVCC keeps us as the BMS."""
+    client = await make_bus()
+    app = await start_app(make_bus, tmp_path, fault={"startup_window_s": 0.3})
+    try:
+        reply = await _dbus.call(client, AGG, "/Info/MaxChargeVoltage", "GetValue")
+        assert reply[0].signature == "d" and reply[0].value == 0.0
+        items = await get_items(client, AGG)
+        assert items["/Info/MaxChargeCurrent"] == 0.0
+        assert items["/Alarms/BmsCable"] == 2
+        app.tick()
+        assert app.service["/Info/MaxChargeVoltage"] == 0.0
+    finally:
+        await app.shutdown()
