@@ -13,6 +13,7 @@ from test_service import AGG, get_items
 
 from dbus_aggregate_batteries.core.venus import CUSTOM_NAME_MAX_CHARS
 from dbus_aggregate_batteries.shell import _dbus
+from dbus_aggregate_batteries.shell.export import BusItemService
 from dbus_aggregate_batteries.sim.model import constant_profile, default_pack_specs
 from dbus_aggregate_batteries.sim.services import SimBank
 from dbus_aggregate_batteries.sim.settings import SimSettings
@@ -173,3 +174,29 @@ async def test_without_any_valid_pack_cvl_is_zero_not_invalid(
         assert app.service["/Info/MaxChargeVoltage"] == 0.0
     finally:
         await app.shutdown()
+
+
+async def test_the_largest_configurable_reply_reaches_many_clients(make_bus: MakeBus) -> None:
+    """64 packs x 64 cells republished (the config's maxima): a ~400 kB GetItems reply, twice
+    the kernel's socket buffer, to 8 clients at once, while every cell changes."""
+    bus = await make_bus()
+    service = BusItemService(bus, "com.victronenergy.battery.hostiletest")
+    cells = {f"/Voltages/Pack{p:02d}_Cell{c}": 3.3 + c / 1000 for p in range(64)
+             for c in range(1, 65)}
+    for path, value in cells.items():
+        service.add_path(path, value)
+    await service.register()
+    clients = [await make_bus() for _ in range(8)]
+    try:
+        async def read(client: _dbus.MessageBus) -> int:
+            reply = await _dbus.call(client, service.name, "/", "GetItems", timeout_s=30.0)
+            return len(reply[0])
+
+        async with asyncio.timeout(60):
+            calls = [read(c) for c in clients for _ in range(3)]
+            service.publish({path: value + 0.01 for path, value in cells.items()})
+            counts = await asyncio.gather(*calls)
+        assert counts == [len(cells)] * len(calls)
+        assert bus.connected
+    finally:
+        await service.unregister()
