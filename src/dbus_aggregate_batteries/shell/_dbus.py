@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from dbus_aggregate_batteries.core.venus import BUSITEM
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LIBRARY",
@@ -114,7 +117,11 @@ async def connect(bus: str) -> MessageBus:
     else:
         conn = MessageBus(bus_address=bus)
     connected = await conn.connect()
-    guard_writer(connected)
+    if not guard_writer(connected):
+        log.warning(
+            "%s's writer is not the one this version knows: a full socket buffer may close"
+            " the connection (see docs/failure-modes.md)", LIBRARY,
+        )
     return connected
 
 
