@@ -33,21 +33,26 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-VENV="$ROOT/.venv"
-if [ ! -x "$VENV/bin/python" ]; then
-    if ! "$PYTHON" -m venv "$VENV"; then
-        # Debian's own python3 needs its python3-venv package for this.
-        rm -rf "$VENV"
+# make_venv DIR: a virtualenv at DIR (Debian's own python3 needs python3-venv for it).
+make_venv() {
+    if [ -x "$1/bin/python" ]; then
+        return
+    fi
+    if ! "$PYTHON" -m venv "$1"; then
+        rm -rf "$1"
         if [ "$(id -u)" = 0 ]; then
             apt-get update -qq
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            "$PYTHON" -m venv "$VENV"
+            "$PYTHON" -m venv "$1"
         else
             echo "setup: cannot create a virtualenv: run 'sudo apt-get install python3-venv'" >&2
             exit 1
         fi
     fi
-fi
+}
+
+VENV="$ROOT/.venv"
+make_venv "$VENV"
 # pip's own output (progress, notices, the build backend's chatter) goes to a log that is shown
 # only when a step fails, so a good set-up prints three lines and a failing one its full error.
 LOG="$(mktemp)"
@@ -66,4 +71,13 @@ quiet "upgrading pip" "$VENV/bin/python" -m pip install -q --disable-pip-version
     --upgrade pip
 quiet "installing the package" "$VENV/bin/python" -m pip install -q \
     --disable-pip-version-check -e "$ROOT[test]"
+if [ "${1:-}" = "--test" ]; then
+    # The dbus-fast that Venus OS ships (pinned in the "venus-test" extra): the D-Bus tests
+    # also run against it, in a second virtualenv so the main one keeps a current dbus-fast.
+    VENUS_VENV="$ROOT/.venv-venus"
+    make_venv "$VENUS_VENV"
+    quiet "installing the package with dbus-fast as on Venus OS" \
+        "$VENUS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        -e "$ROOT[venus-test]"
+fi
 echo "setup: ready ($("$VENV/bin/python" --version), $(dbus-daemon --version | head -n 1))"

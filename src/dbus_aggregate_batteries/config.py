@@ -323,6 +323,9 @@ class PublishConfig(_Base):
     custom_name: str = "AggregateBatteries"
     send_cell_voltages: bool = False
     tick_s: float = Field(1.0, ge=0.05, le=10.0)
+    # Per tick one ItemsChanged on / (velib's batched update); true also sends a
+    # PropertiesChanged per changed path, for consumers older than Venus OS v3.0.
+    properties_changed: bool = False
 
     @field_validator("custom_name")
     @classmethod

@@ -546,16 +546,19 @@ async def test_publish_signal_modes(
     assert [m.member for m in signals] == members
 
 
-async def test_set_value_in_items_mode_emits_items_changed(
-    make_bus: MakeBus, client: MessageBus
+@pytest.mark.parametrize("mode", ["items", "properties", "both"])
+async def test_set_value_emits_one_properties_changed_in_every_mode(
+    make_bus: MakeBus, client: MessageBus, mode: Signals
 ) -> None:
-    service = await start_service(make_bus, signals="items")
+    # velib: a SetValue outside a batch is announced on its own path only.
+    service = await start_service(make_bus, signals=mode)
     async with SignalRecorder(client, service._bus.unique_name) as recorder:
         assert await call(
             client, service.name, "/CustomName", "SetValue", BUSITEM, "v", (Variant("s", "x"),)
         ) == [0]
         signals = await recorder.sync()
-    assert [(m.member, set(m.body[0])) for m in signals] == [("ItemsChanged", {"/CustomName"})]
+    assert [(m.member, m.path) for m in signals] == [("PropertiesChanged", "/CustomName")]
+    assert signals[0].body[0]["Value"].value == "x"
 
 
 async def test_publish_adds_unknown_paths(

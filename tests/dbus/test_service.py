@@ -143,8 +143,21 @@ async def test_root_replies_have_velib_shapes(app: Application, make_bus: MakeBu
     assert "/Info/MaxChargeCurrent" in items[0]
 
 
+@pytest.mark.parametrize("properties_changed", [False, True])
 async def test_one_items_changed_per_tick_with_only_changes(
-    app: Application, sim: SimBank, make_bus: MakeBus
+    sim: SimBank, make_bus: MakeBus, tmp_path: Path, properties_changed: bool
+) -> None:
+    cfg = test_config(publish={"properties_changed": properties_changed})
+    app = Application(cfg, await make_bus(), state_dir=tmp_path)
+    await app.start()
+    try:
+        await _one_items_changed_per_tick(app, sim, make_bus, properties_changed)
+    finally:
+        await app.shutdown()
+
+
+async def _one_items_changed_per_tick(
+    app: Application, sim: SimBank, make_bus: MakeBus, properties_changed: bool
 ) -> None:
     client = await make_bus()
     recorder = SignalRecorder(client)
@@ -176,7 +189,25 @@ async def test_one_items_changed_per_tick_with_only_changes(
     changed = set(recorder.items[0])
     assert "/Dc/0/Voltage" in changed
     assert "/ProductName" not in changed and "/DeviceInstance" not in changed
-    assert sorted(recorder.properties) == sorted(changed)
+    # velib's batched update: by default no PropertiesChanged for the same paths, so every
+    # consumer decodes a change once; the option adds them for consumers before Venus v3.0.
+    assert sorted(recorder.properties) == (sorted(changed) if properties_changed else [])
+
+
+async def test_set_value_sends_properties_changed(
+    app: Application, make_bus: MakeBus
+) -> None:
+    # An accepted SetValue keeps velib's lone PropertiesChanged even though ticks send none.
+    client = await make_bus()
+    recorder = SignalRecorder(client)
+    owner = app.bus.unique_name
+    await recorder.start(owner)
+    reply = await _dbus.call(client, AGG, "/CustomName", "SetValue", signature="v",
+                             body=(_dbus.Variant("s", "Shed bank"),))
+    assert reply == [0]
+    await recorder.barrier(owner)
+    assert recorder.properties == ["/CustomName"]
+    assert all("/CustomName" not in items for items in recorder.items)
 
 
 async def test_pack_joins_and_leaves(app: Application, sim: SimBank) -> None:

@@ -114,7 +114,9 @@ class Application:
         self.monitor = Monitor(
             bus, self.state, cfg, own_name=self.name, clock=clock, on_departed=self._departed
         )
-        self.service = BusItemService(bus, self.name, signals="both")
+        self.service = BusItemService(
+            bus, self.name, signals="both" if cfg.publish.properties_changed else "items"
+        )
         self.state_file = StateFile(state_dir)
         self.engine = EngineState()
         self.counters = Counters()

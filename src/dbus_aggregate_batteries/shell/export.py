@@ -134,7 +134,12 @@ class _Node:
 
 
 class BusItemService:
-    """One ``com.victronenergy.*`` service on one connection, with velib's wire behaviour."""
+    """One ``com.victronenergy.*`` service on one connection, with velib's wire behaviour.
+
+    ``signals`` says what :meth:`publish` sends: ``"items"`` one ItemsChanged on ``/`` (velib's
+    batched update), ``"properties"`` one PropertiesChanged per changed path, ``"both"`` both.
+    An accepted ``SetValue`` always sends one PropertiesChanged on its own path, as velib does.
+    """
 
     def __init__(self, bus: MessageBus, name: str, *, signals: Signals = "both") -> None:
         if signals not in ("both", "items", "properties"):
@@ -270,8 +275,14 @@ class BusItemService:
         for path in paths:
             value = self._leaves[path].value
             items[path] = {"Value": wrap(value), "Text": Variant("s", text_for_path(path, value))}
-        # velib sends a lone PropertiesChanged for a single set (SetValue) even in "both" mode.
-        if self._items_signal and (batch or not self._properties_signal):
+        if not batch:
+            # velib announces an accepted SetValue by a lone PropertiesChanged, in every mode.
+            for path, item in items.items():
+                self._send_signal(path, "PropertiesChanged", "a{sv}", item)
+            return
+        # velib's batched update (``with service as s:``): one ItemsChanged on / and no
+        # PropertiesChanged for the same paths, unless asked for (consumers before Venus v3.0).
+        if self._items_signal:
             self._send_signal("/", "ItemsChanged", "a{sa{sv}}", items)
         if self._properties_signal:
             for path, item in items.items():
