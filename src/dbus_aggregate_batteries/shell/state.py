@@ -10,13 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from dbus_aggregate_batteries.core.model import (
-    MAX_TEXT_CHARS,
-    BadValue,
-    PackSnapshot,
-    pack_from_values,
-)
+from dbus_aggregate_batteries.core.model import MAX_TEXT_CHARS, BadValue, PackSnapshot
 from dbus_aggregate_batteries.core.venus import Value
+from dbus_aggregate_batteries.shell.snapshots import SnapshotCache
 
 
 class Kind(Enum):
@@ -47,7 +43,9 @@ class ServiceState:
     version: int = 0
     emits_items: bool = False
     probe_failed: bool = False
-    _snapshot: tuple[int, str, PackSnapshot, tuple[BadValue, ...]] | None = None
+    # Paths whose value changed since the last snapshot: only those are checked again.
+    changed: set[str] = field(default_factory=set)
+    _snapshots: SnapshotCache | None = None
 
     def apply_signal(self, changes: Mapping[str, Value], now_s: float) -> None:
         """Values from ItemsChanged/PropertiesChanged: always authoritative."""
@@ -56,6 +54,7 @@ class ServiceState:
         for path, value in changes.items():
             if values.get(path, _MISSING) != value or path not in values:
                 values[path] = value
+                self.changed.add(path)
                 changed = True
             self.signalled.add(path)
         self.last_signal_s = now_s
@@ -73,6 +72,7 @@ class ServiceState:
             return
         values[path] = value
         self.signalled.add(path)
+        self.changed.add(path)
         self.version += 1
 
     def apply_scan(self, items: Mapping[str, Value], now_s: float) -> None:
@@ -83,6 +83,7 @@ class ServiceState:
                 continue
             if self.values.get(path, _MISSING) != value:
                 self.values[path] = value
+                self.changed.add(path)
                 changed = True
         self.last_scan_s = now_s
         self.last_answer_s = now_s
@@ -131,14 +132,23 @@ class ServiceState:
     def snapshot(
         self, name_path: str, *, with_cells: bool = True
     ) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
-        """A trusted snapshot; rebuilt only when a value or the label changed."""
+        """A trusted snapshot, equal to ``pack_from_values`` of the current values.
+
+        Only the paths changed since the last call are checked again; the rejected values are
+        returned when the snapshot was rebuilt, and ``()`` when it is the cached one.
+        """
         label = self.label(name_path)
-        cached = self._snapshot
-        if cached is not None and cached[0] == self.version and cached[1] == label:
-            return cached[2], ()
-        snap, bad = pack_from_values(self.name, label, self.values, with_cells=with_cells)
-        self._snapshot = (self.version, label, snap, bad)
-        return snap, bad
+        cache = self._snapshots
+        changed: set[str] | None = self.changed
+        if cache is None or cache.with_cells != with_cells:
+            cache = self._snapshots = SnapshotCache(with_cells=with_cells)
+            changed = None
+        previous = cache.last
+        result = cache.build(self.name, label, self.values, changed)
+        self.changed.clear()
+        if result is previous:
+            return result[0], ()
+        return result
 
 
 class _Missing:
