@@ -15,12 +15,15 @@ table does not know.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 # The per-path checks are core.model's (private) reader: one implementation of "what is a
 # trusted value", used by both the full and the incremental build.
 from dbus_aggregate_batteries.core.model import (
     CELL_COUNT_TOLERANCE_V,
+    CELL_RANGE,
+    EXCLUSIVE_LOW,
     INT_RANGES,
     MAX_CELLS,
     RANGES,
@@ -34,28 +37,78 @@ _NUM, _INT, _TEXT = 0, 1, 2
 CELLS_PER_BATTERY = "/System/NrOfCellsPerBattery"
 _CELL_PREFIX = "/Voltages/Cell"
 _CUT = len(_CELL_PREFIX)
+# Inputs of the cross-path rules; their snapshot fields are derived in _assemble.
+_N_CELLS, _MAX_CELL, _MIN_CELL = "_n_cells", "_max_cell", "_min_cell"
 
-# Every path pack_from_values reads, by how it is checked (cells apart: /Voltages/Cell<n>).
-KINDS: dict[str, int] = {
-    **dict.fromkeys(RANGES, _NUM),
-    **{path: _INT for path in INT_RANGES if path != "/Connected"},
-    **dict.fromkeys(
-        (
-            "/System/MaxVoltageCellId",
-            "/System/MinVoltageCellId",
-            "/System/MaxTemperatureCellId",
-            "/System/MinTemperatureCellId",
-            "/Info/ChargeMode",
-        ),
-        _TEXT,
-    ),
+# Every path pack_from_values reads (cells apart: /Voltages/Cell<n>): how it is checked and
+# which PackSnapshot field it fills.
+_TABLE: dict[str, tuple[int, str]] = {
+    "/Dc/0/Voltage": (_NUM, "voltage_v"),
+    "/Dc/0/Current": (_NUM, "current_a"),
+    "/Dc/0/Power": (_NUM, "power_w"),
+    "/Dc/0/Temperature": (_NUM, "temperature_c"),
+    "/Soc": (_NUM, "soc_pct"),
+    "/Capacity": (_NUM, "capacity_ah"),
+    "/InstalledCapacity": (_NUM, "installed_capacity_ah"),
+    "/ConsumedAmphours": (_NUM, "consumed_ah"),
+    "/TimeToGo": (_NUM, "time_to_go_s"),
+    "/System/MaxCellVoltage": (_NUM, _MAX_CELL),
+    "/System/MinCellVoltage": (_NUM, _MIN_CELL),
+    "/System/MaxVoltageCellId": (_TEXT, "max_cell_id"),
+    "/System/MinVoltageCellId": (_TEXT, "min_cell_id"),
+    "/System/MaxCellTemperature": (_NUM, "max_cell_temp_c"),
+    "/System/MinCellTemperature": (_NUM, "min_cell_temp_c"),
+    "/System/MaxTemperatureCellId": (_TEXT, "max_temp_id"),
+    "/System/MinTemperatureCellId": (_TEXT, "min_temp_id"),
+    "/Voltages/Sum": (_NUM, "voltages_sum_v"),
+    CELLS_PER_BATTERY: (_INT, _N_CELLS),
+    "/System/NrOfModulesOnline": (_INT, "modules_online"),
+    "/System/NrOfModulesOffline": (_INT, "modules_offline"),
+    "/System/NrOfModulesBlockingCharge": (_INT, "blocking_charge"),
+    "/System/NrOfModulesBlockingDischarge": (_INT, "blocking_discharge"),
+    "/Io/AllowToCharge": (_INT, "allow_to_charge"),
+    "/Io/AllowToDischarge": (_INT, "allow_to_discharge"),
+    "/Io/AllowToBalance": (_INT, "allow_to_balance"),
+    "/Balancing": (_INT, "balancing"),
+    "/Info/MaxChargeVoltage": (_NUM, "cvl_v"),
+    "/Info/MaxChargeCurrent": (_NUM, "ccl_a"),
+    "/Info/MaxDischargeCurrent": (_NUM, "dcl_a"),
+    "/Info/BatteryLowVoltage": (_NUM, "battery_low_voltage_v"),
+    "/Info/ChargeMode": (_TEXT, "charge_mode"),
 }
+_ALARM_INDEX = {path: i for i, path in enumerate(ALARM_PATHS)}
+KINDS: dict[str, int] = {
+    **{path: kind for path, (kind, _) in _TABLE.items()},
+    **dict.fromkeys(ALARM_PATHS, _INT),
+}
+_DERIVED = frozenset(("service", "label", "max_cell_v", "min_cell_v", "cells", "cells_per_battery"))
+
+# Ranges as core.model applies them: a path without one accepts any finite value.
+_NUM_RANGES = {
+    path: RANGES.get(path, (-math.inf, math.inf)) for path, (kind, _) in _TABLE.items()
+    if kind == _NUM
+}
+_INT_RANGES = {path: INT_RANGES.get(path, (-(2**31), 2**31 - 1)) for path in KINDS
+               if KINDS[path] == _INT}
 
 _Checked = tuple[object, BadValue | None]
 _ABSENT: _Checked = (None, None)
 
 
 def _check(kind: int, path: str, raw: Value) -> _Checked:
+    # Fast paths for what a healthy pack sends (a plain value of the right type, in range);
+    # anything else goes through core.model's reader, which also words the rejection.
+    if kind == _NUM and type(raw) is float:
+        low, high = _NUM_RANGES[path]
+        above_low = low < raw if path in EXCLUSIVE_LOW else low <= raw
+        if above_low and raw <= high and math.isfinite(raw):
+            return raw, None
+    elif kind == _INT and type(raw) is int:
+        low_i, high_i = _INT_RANGES[path]
+        if low_i <= raw <= high_i:
+            return raw, None
+    elif kind == _TEXT and type(raw) is str:
+        return raw, None
     reader = _Reader({path: raw})
     if kind == _NUM:
         value: object = reader.num(path)
@@ -67,6 +120,8 @@ def _check(kind: int, path: str, raw: Value) -> _Checked:
 
 
 def _check_cell(path: str, raw: Value) -> _Checked:
+    if type(raw) is float and CELL_RANGE[0] < raw <= CELL_RANGE[1]:
+        return raw, None
     reader = _Reader({path: raw})
     value = reader.cell(path)
     return value, (reader.bad[0] if reader.bad else None)
@@ -85,12 +140,22 @@ def cell_index(path: str) -> int | None:
 class SnapshotCache:
     """One pack's checked values; :meth:`build` re-checks only what changed."""
 
-    __slots__ = ("_cells", "_checked", "_reads_cells", "_snapshot", "label", "with_cells")
+    __slots__ = (
+        "_alarms", "_bad", "_cells", "_fields", "_inputs", "_reads_cells", "_snapshot", "label",
+        "with_cells",
+    )
 
     def __init__(self, *, with_cells: bool) -> None:
         self.with_cells = with_cells
         self.label: str | None = None
-        self._checked: dict[str, _Checked] = {}
+        # The snapshot's fields as keyword arguments, kept up to date path by path.
+        self._fields: dict[str, object] = {
+            name: None for name in PackSnapshot.__dataclass_fields__ if name not in _DERIVED
+        }
+        self._alarms: list[int | None] = [None] * len(ALARM_PATHS)
+        self._fields["alarms"] = tuple(self._alarms)
+        self._inputs: dict[str, object] = {_N_CELLS: None, _MAX_CELL: None, _MIN_CELL: None}
+        self._bad: dict[str, BadValue] = {}
         self._cells: dict[int, _Checked] = {}
         self._reads_cells = True  # whether the last snapshot was built from the cells
         self._snapshot: tuple[PackSnapshot, tuple[BadValue, ...]] | None = None
@@ -112,13 +177,25 @@ class SnapshotCache:
         ``changed=None`` re-checks everything (the first build). Returns the cached snapshot
         when nothing it reads changed and the label is the same.
         """
-        dirty = False
-        checked = self._checked
+        dirty = alarms = False
+        fields = self._fields
+        bad = self._bad
         cells = self._cells
         for path in values if changed is None else changed:
-            kind = KINDS.get(path)
-            if kind is not None:
-                checked[path] = _check(kind, path, values[path]) if path in values else _ABSENT
+            entry = _TABLE.get(path)
+            index = _ALARM_INDEX.get(path) if entry is None else None
+            if entry is not None or index is not None:
+                kind = _INT if entry is None else entry[0]
+                value, rejected = _check(kind, path, values[path]) if path in values else _ABSENT
+                if rejected is None:
+                    bad.pop(path, None)
+                else:
+                    bad[path] = rejected
+                if index is not None:
+                    self._alarms[index] = value  # type: ignore[call-overload]
+                    alarms = True
+                elif entry is not None:
+                    (self._inputs if entry[1][0] == "_" else fields)[entry[1]] = value
                 dirty = True
                 continue
             index = cell_index(path)
@@ -129,52 +206,42 @@ class SnapshotCache:
                     cells.pop(index, None)
                 # Unread cells (BMS mode, extreme cells given) only need to be up to date.
                 dirty = dirty or self._reads_cells
+        if alarms:
+            fields["alarms"] = tuple(self._alarms)
         if not dirty and self._snapshot is not None and label == self.label:
             return self._snapshot
         self.label = label
         self._snapshot = self._assemble(service, label)
         return self._snapshot
 
-    def _cells_read(self, n_cells: int | None) -> list[tuple[int, _Checked]]:
+    def _cells_read(self, n_cells: int | None) -> list[_Checked]:
         cells = self._cells
         if n_cells is not None:
-            return [(i, cells.get(i, _ABSENT)) for i in range(1, n_cells + 1)]
+            return [cells.get(i, _ABSENT) for i in range(1, n_cells + 1)]
         read = []
         for i in range(1, MAX_CELLS + 1):
             got = cells.get(i)
             if got is None:
                 break
-            read.append((i, got))
+            read.append(got)
         return read
 
     def _assemble(self, service: str, label: str) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
-        checked = self._checked
-        bad = [b for _, b in checked.values() if b is not None]
-
-        # The checks of KINDS give float | None for _NUM, int | None for _INT, str | None
-        # for _TEXT paths.
-        def num(path: str) -> float | None:
-            return checked.get(path, _ABSENT)[0]  # type: ignore[return-value]
-
-        def integer(path: str) -> int | None:
-            return checked.get(path, _ABSENT)[0]  # type: ignore[return-value]
-
-        def text(path: str) -> str | None:
-            return checked.get(path, _ABSENT)[0]  # type: ignore[return-value]
-
-        n_cells = integer(CELLS_PER_BATTERY)
-        max_cell = num("/System/MaxCellVoltage")
-        min_cell = num("/System/MinCellVoltage")
+        inputs = self._inputs
+        n_cells: int | None = inputs[_N_CELLS]  # type: ignore[assignment]
+        max_cell: float | None = inputs[_MAX_CELL]  # type: ignore[assignment]
+        min_cell: float | None = inputs[_MIN_CELL]  # type: ignore[assignment]
+        bad = list(self._bad.values())
         max_cell = max_cell if max_cell is None or max_cell > 0 else None
         min_cell = min_cell if min_cell is None or min_cell > 0 else None
         cells: list[float | None] = []
         self._reads_cells = self.with_cells or max_cell is None or min_cell is None
         if self._reads_cells:
-            for _, (value, rejected) in self._cells_read(n_cells):
+            for value, rejected in self._cells_read(n_cells):
                 cells.append(value)  # type: ignore[arg-type]
                 if rejected is not None:
                     bad.append(rejected)
-        voltage = num("/Dc/0/Voltage")
+        voltage: float | None = self._fields["voltage_v"]  # type: ignore[assignment]
         if n_cells is not None and voltage is not None and max_cell is not None and (
             min_cell is not None
         ):
@@ -200,39 +267,10 @@ class SnapshotCache:
         snap = PackSnapshot(
             service=service,
             label=label,
-            voltage_v=voltage,
-            current_a=num("/Dc/0/Current"),
-            power_w=num("/Dc/0/Power"),
-            temperature_c=num("/Dc/0/Temperature"),
-            soc_pct=num("/Soc"),
-            capacity_ah=num("/Capacity"),
-            installed_capacity_ah=num("/InstalledCapacity"),
-            consumed_ah=num("/ConsumedAmphours"),
-            time_to_go_s=num("/TimeToGo"),
             max_cell_v=max_cell,
             min_cell_v=min_cell,
-            max_cell_id=text("/System/MaxVoltageCellId"),
-            min_cell_id=text("/System/MinVoltageCellId"),
-            max_cell_temp_c=num("/System/MaxCellTemperature"),
-            min_cell_temp_c=num("/System/MinCellTemperature"),
-            max_temp_id=text("/System/MaxTemperatureCellId"),
-            min_temp_id=text("/System/MinTemperatureCellId"),
-            voltages_sum_v=num("/Voltages/Sum"),
             cells=tuple(cells),
             cells_per_battery=n_cells,
-            modules_online=integer("/System/NrOfModulesOnline"),
-            modules_offline=integer("/System/NrOfModulesOffline"),
-            blocking_charge=integer("/System/NrOfModulesBlockingCharge"),
-            blocking_discharge=integer("/System/NrOfModulesBlockingDischarge"),
-            alarms=tuple(integer(p) for p in ALARM_PATHS),
-            allow_to_charge=integer("/Io/AllowToCharge"),
-            allow_to_discharge=integer("/Io/AllowToDischarge"),
-            allow_to_balance=integer("/Io/AllowToBalance"),
-            balancing=integer("/Balancing"),
-            cvl_v=num("/Info/MaxChargeVoltage"),
-            ccl_a=num("/Info/MaxChargeCurrent"),
-            dcl_a=num("/Info/MaxDischargeCurrent"),
-            battery_low_voltage_v=num("/Info/BatteryLowVoltage"),
-            charge_mode=text("/Info/ChargeMode"),
+            **self._fields,  # type: ignore[arg-type]
         )
         return snap, tuple(bad)
