@@ -94,6 +94,27 @@ _INT_RANGES = {path: INT_RANGES.get(path, (-(2**31), 2**31 - 1)) for path in KIN
 _Checked = tuple[object, BadValue | None]
 _ABSENT: _Checked = (None, None)
 
+# Where a changed path goes, by path (memoised: a pack has a fixed set of paths).
+_UNREAD, _FIELD, _INPUT, _ALARM, _CELL = range(5)
+_Route = tuple[int, int, object]  # (where, how it is checked, field name / index)
+_ROUTES: dict[str, _Route] = {}
+_MAX_ROUTES = 4096  # a misbehaving service inventing paths must not grow it without bound
+
+
+def _route(path: str) -> _Route:
+    entry = _TABLE.get(path)
+    route: _Route
+    if entry is not None:
+        route = (_INPUT if entry[1][0] == "_" else _FIELD, entry[0], entry[1])
+    elif path in _ALARM_INDEX:
+        route = (_ALARM, _INT, _ALARM_INDEX[path])
+    else:
+        index = cell_index(path)
+        route = (_UNREAD, 0, None) if index is None else (_CELL, 0, index)
+    if len(_ROUTES) < _MAX_ROUTES:
+        _ROUTES[path] = route
+    return route
+
 
 def _check(kind: int, path: str, raw: Value) -> _Checked:
     # Fast paths for what a healthy pack sends (a plain value of the right type, in range);
@@ -156,7 +177,8 @@ class SnapshotCache:
         self._fields["alarms"] = tuple(self._alarms)
         self._inputs: dict[str, object] = {_N_CELLS: None, _MAX_CELL: None, _MIN_CELL: None}
         self._bad: dict[str, BadValue] = {}
-        self._cells: dict[int, _Checked] = {}
+        # Present cells by number; None until checked (a cell is checked when it is read).
+        self._cells: dict[int, _Checked | None] = {}
         self._reads_cells = True  # whether the last snapshot was built from the cells
         self._snapshot: tuple[PackSnapshot, tuple[BadValue, ...]] | None = None
 
@@ -179,54 +201,60 @@ class SnapshotCache:
         """
         dirty = alarms = False
         fields = self._fields
+        inputs = self._inputs
         bad = self._bad
         cells = self._cells
         for path in values if changed is None else changed:
-            entry = _TABLE.get(path)
-            index = _ALARM_INDEX.get(path) if entry is None else None
-            if entry is not None or index is not None:
-                kind = _INT if entry is None else entry[0]
-                value, rejected = _check(kind, path, values[path]) if path in values else _ABSENT
-                if rejected is None:
-                    bad.pop(path, None)
-                else:
-                    bad[path] = rejected
-                if index is not None:
-                    self._alarms[index] = value  # type: ignore[call-overload]
-                    alarms = True
-                elif entry is not None:
-                    (self._inputs if entry[1][0] == "_" else fields)[entry[1]] = value
-                dirty = True
+            what, kind, key = _ROUTES.get(path) or _route(path)
+            if what == _UNREAD:
                 continue
-            index = cell_index(path)
-            if index is not None:
+            if what == _CELL:
+                # Checked when read: unread cells (BMS mode, extreme cells given) cost nothing.
                 if path in values:
-                    cells[index] = _check_cell(path, values[path])
+                    cells[key] = None  # type: ignore[index]
                 else:
-                    cells.pop(index, None)
-                # Unread cells (BMS mode, extreme cells given) only need to be up to date.
+                    cells.pop(key, None)  # type: ignore[call-overload]
                 dirty = dirty or self._reads_cells
+                continue
+            value, rejected = _check(kind, path, values[path]) if path in values else _ABSENT
+            if rejected is None:
+                bad.pop(path, None)
+            else:
+                bad[path] = rejected
+            if what == _ALARM:
+                self._alarms[key] = value  # type: ignore[call-overload]
+                alarms = True
+            else:
+                (inputs if what == _INPUT else fields)[key] = value  # type: ignore[index]
+            dirty = True
         if alarms:
             fields["alarms"] = tuple(self._alarms)
         if not dirty and self._snapshot is not None and label == self.label:
             return self._snapshot
         self.label = label
-        self._snapshot = self._assemble(service, label)
+        self._snapshot = self._assemble(service, label, values)
         return self._snapshot
 
-    def _cells_read(self, n_cells: int | None) -> list[_Checked]:
+    def _cells_read(self, n_cells: int | None, values: Mapping[str, Value]) -> list[_Checked]:
         cells = self._cells
-        if n_cells is not None:
-            return [cells.get(i, _ABSENT) for i in range(1, n_cells + 1)]
-        read = []
-        for i in range(1, MAX_CELLS + 1):
-            got = cells.get(i)
+        read: list[_Checked] = []
+        last = n_cells if n_cells is not None else MAX_CELLS
+        for i in range(1, last + 1):
+            if i not in cells:
+                if n_cells is None:
+                    break  # without a count, cells are read as far as they are present
+                read.append(_ABSENT)
+                continue
+            got = cells[i]
             if got is None:
-                break
+                path = f"{_CELL_PREFIX}{i}"
+                got = cells[i] = _check_cell(path, values[path])
             read.append(got)
         return read
 
-    def _assemble(self, service: str, label: str) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
+    def _assemble(
+        self, service: str, label: str, values: Mapping[str, Value]
+    ) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
         inputs = self._inputs
         n_cells: int | None = inputs[_N_CELLS]  # type: ignore[assignment]
         max_cell: float | None = inputs[_MAX_CELL]  # type: ignore[assignment]
@@ -237,7 +265,7 @@ class SnapshotCache:
         cells: list[float | None] = []
         self._reads_cells = self.with_cells or max_cell is None or min_cell is None
         if self._reads_cells:
-            for value, rejected in self._cells_read(n_cells):
+            for value, rejected in self._cells_read(n_cells, values):
                 cells.append(value)  # type: ignore[arg-type]
                 if rejected is not None:
                     bad.append(rejected)
