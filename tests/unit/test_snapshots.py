@@ -40,7 +40,8 @@ anything: st.SearchStrategy[Value] = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-5, max_value=200),
     st.booleans(),  # type: ignore[arg-type]
-    st.sampled_from(["", "Float │ Linear Mode", "Bulk", "C3", "x"]),
+    st.sampled_from(["", "Float │ Linear Mode", "Bulk", "C3", "x", "C\x00", "\n", "é" * 200]),
+    st.text(max_size=300),
     st.just([]),  # type: ignore[arg-type]
 )
 
@@ -61,7 +62,7 @@ def plausible(path: str) -> st.SearchStrategy[Value]:
     if path in INT_RANGES:
         low, high = INT_RANGES[path]
         return st.integers(min_value=low, max_value=min(high, 1000))
-    return st.sampled_from(["Pack A", "C1", "Float", "Absorption"])
+    return st.sampled_from(["Pack A", "C1", "Float", "Absorption", "C1" * 80, "Bulk\t"])
 
 
 PATHS = (
