@@ -1,0 +1,85 @@
+"""Medians and spread of repeated ``bench_service.py`` runs, as a Markdown table.
+
+    python benchmarks/bench_summary.py results-a.json [results-b.json ...]
+
+Groups the runs by library, packs, update rate and variant. CPU figures are from schedstat
+(ns, per thread) in % of one core. Every run's ratio is taken against the floor measured in
+the same repeat (same daemon, same simulator, minutes apart at most), so slow phases of a
+shared machine cancel out as far as they can; the table shows the median and min..max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cell(values: list[float], spec: str = ".2f") -> str:
+    if not values:
+        return "--"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, spec)
+    return f"{format(med, spec)} ({format(min(values), spec)}..{format(max(values), spec)})"
+
+
+def summarise(paths: Sequence[Path]) -> str:
+    groups: dict[tuple[str, int, float, str], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for path in paths:
+        doc = json.loads(path.read_text())
+        floor: float | None = None
+        for r in doc["results"]:
+            if "error" in r:
+                continue
+            if "floor" in r:
+                floor = r["floor"]["window"]["floor"]["cpu_pct_schedstat"]
+            svc = r["service"]
+            cpu = svc["window"]["service"]["cpu_pct_schedstat"]
+            key = (r["library"], r["packs"], r.get("rate", 1.0), r.get("variant", "new"))
+            g = groups[key]
+            g["service"].append(cpu)
+            g["rss"].append(svc["peak_rss_mb"])
+            g["missed"].append(svc["missed_ticks"] or 0)
+            if floor:
+                g["floor"].append(floor)
+                g["ratio"].append(cpu / floor)
+            cons = svc.get("consumer")
+            if cons:
+                g["consumer"].append(cons["cpu_pct_schedstat"] if "cpu_pct_schedstat" in cons
+                                     else svc["window"]["consumer"]["cpu_pct_schedstat"])
+                g["consumer_signals"].append(cons["signals_per_s"])
+    head = (
+        "| library | packs | updates/s | variant | runs | service CPU % | floor CPU % "
+        "| service / floor | consumer CPU % | consumer signals/s | peak RSS MB | missed ticks |"
+    )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = {"new": 0, "new-pc": 1, "old": 2}
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9))):
+        lib, packs, rate, variant = key
+        g = groups[key]
+        rows.append(
+            f"| {lib} | {packs} | {rate:g} | {variant} | {len(g['service'])} "
+            f"| {_cell(g['service'])} | {_cell(g['floor'])} | {_cell(g['ratio'])} "
+            f"| {_cell(g['consumer'], '.3f')} | {_cell(g['consumer_signals'], '.1f')} "
+            f"| {_cell(g['rss'], '.1f')} | {sum(g['missed']):.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("json", type=Path, nargs="+")
+    args = p.parse_args(argv)
+    print(summarise(args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
