@@ -8,7 +8,8 @@ read (most cells in BMS mode, history, settings) costs nothing at all.
 
 It must give exactly what ``pack_from_values`` gives for the same values: the per-path checks
 are ``core.model``'s own, the assembly below mirrors the cross-path rules (cell count against
-pack voltage, extreme cells from the cells), and a property test compares both on random
+pack voltage, extreme cells from the cells, pack-voltage ranges from the cells in series: those
+four paths are checked at every assembly), and a property test compares both on random
 change sequences; another test fails when ``pack_from_values`` starts reading a path this
 table does not know.
 """
@@ -26,6 +27,7 @@ from dbus_aggregate_batteries.core.model import (
     EXCLUSIVE_LOW,
     INT_RANGES,
     MAX_CELLS,
+    PER_CELL_PATHS,
     RANGES,
     BadValue,
     PackSnapshot,
@@ -81,7 +83,12 @@ KINDS: dict[str, int] = {
     **{path: kind for path, (kind, _) in _TABLE.items()},
     **dict.fromkeys(ALARM_PATHS, _INT),
 }
-_DERIVED = frozenset(("service", "label", "max_cell_v", "min_cell_v", "cells", "cells_per_battery"))
+# Pack-voltage paths: their range follows the cells in series (known only at assembly), so
+# they are checked there, every time the snapshot is assembled.
+_DERIVED = frozenset(
+    ("service", "label", "max_cell_v", "min_cell_v", "cells", "cells_per_battery",
+     *(_TABLE[path][1] for path in PER_CELL_PATHS))
+)
 
 # Ranges as core.model applies them: a path without one accepts any finite value.
 _NUM_RANGES = {
@@ -95,7 +102,7 @@ _Checked = tuple[object, BadValue | None]
 _ABSENT: _Checked = (None, None)
 
 # Where a changed path goes, by path (memoised: a pack has a fixed set of paths).
-_UNREAD, _FIELD, _INPUT, _ALARM, _CELL = range(5)
+_UNREAD, _FIELD, _INPUT, _ALARM, _CELL, _PER_CELL = range(6)
 _Route = tuple[int, int, object]  # (where, how it is checked, field name / index)
 _ROUTES: dict[str, _Route] = {}
 _MAX_ROUTES = 4096  # a misbehaving service inventing paths must not grow it without bound
@@ -104,7 +111,9 @@ _MAX_ROUTES = 4096  # a misbehaving service inventing paths must not grow it wit
 def _route(path: str) -> _Route:
     entry = _TABLE.get(path)
     route: _Route
-    if entry is not None:
+    if path in PER_CELL_PATHS:
+        route = (_PER_CELL, _NUM, None)
+    elif entry is not None:
         route = (_INPUT if entry[1][0] == "_" else _FIELD, entry[0], entry[1])
     elif path in _ALARM_INDEX:
         route = (_ALARM, _INT, _ALARM_INDEX[path])
@@ -128,8 +137,6 @@ def _check(kind: int, path: str, raw: Value) -> _Checked:
         low_i, high_i = _INT_RANGES[path]
         if low_i <= raw <= high_i:
             return raw, None
-    elif kind == _TEXT and type(raw) is str:
-        return raw, None
     reader = _Reader({path: raw})
     if kind == _NUM:
         value: object = reader.num(path)
@@ -208,6 +215,9 @@ class SnapshotCache:
             what, kind, key = _ROUTES.get(path) or _route(path)
             if what == _UNREAD:
                 continue
+            if what == _PER_CELL:
+                dirty = True  # checked at assembly, against the cells in series
+                continue
             if what == _CELL:
                 # Checked when read: unread cells (BMS mode, extreme cells given) cost nothing.
                 if path in values:
@@ -269,7 +279,12 @@ class SnapshotCache:
                 cells.append(value)  # type: ignore[arg-type]
                 if rejected is not None:
                     bad.append(rejected)
-        voltage: float | None = self._fields["voltage_v"]  # type: ignore[assignment]
+        # As pack_from_values: the pack voltages' range scales with the cells in series, the
+        # published count, else the cells read, else RANGES' fixed bound.
+        present = sum(1 for c in cells if c is not None)
+        range_cells = n_cells if n_cells is not None else present or None
+        reader = _Reader(values)
+        voltage = reader.num("/Dc/0/Voltage", range_cells)
         if n_cells is not None and voltage is not None and max_cell is not None and (
             min_cell is not None
         ):
@@ -287,6 +302,14 @@ class SnapshotCache:
                     )
                 )
                 n_cells = None
+                # The count was the only reason a high voltage looked plausible: check again.
+                range_cells = present or None
+                if reader.num("/Dc/0/Voltage", range_cells) is None:
+                    voltage = None
+        voltages_sum = reader.num("/Voltages/Sum", range_cells)
+        cvl = reader.num("/Info/MaxChargeVoltage", range_cells)
+        low_voltage = reader.num("/Info/BatteryLowVoltage", range_cells)
+        bad.extend(reader.bad)
         known = [c for c in cells if c is not None]
         if max_cell is None and known:
             max_cell = max(known)
@@ -299,6 +322,10 @@ class SnapshotCache:
             min_cell_v=min_cell,
             cells=tuple(cells),
             cells_per_battery=n_cells,
+            voltage_v=voltage,
+            voltages_sum_v=voltages_sum,
+            cvl_v=cvl,
+            battery_low_voltage_v=low_voltage,
             **self._fields,  # type: ignore[arg-type]
         )
         return snap, tuple(bad)
