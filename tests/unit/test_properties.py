@@ -972,7 +972,9 @@ def test_fixed_engine_publishes_negative_cvl() -> None:
     # 1 V over 16 cells of 3..5 V: the cell count is not believed (and reported).
     assert [b.path for b in bad] == ["/System/NrOfCellsPerBattery"]
     res = step(OWN_CFG, EngineState(), [p], AuxSnapshot(), now_s=0.0, today=SUMMER)
-    assert res.limits.cvl_v is None or res.limits.cvl_v > 0.0  # was: -0.55
+    # No believable cell count and no cells: the no-data CVL (0 V) with CCL 0, never negative.
+    assert res.limits.cvl_v >= 0.0  # was: -0.55
+    assert res.limits.ccl_a == 0.0
 
 
 # =========================================================================== balancing

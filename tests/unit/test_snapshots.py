@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,3 +217,23 @@ def test_cache_without_changes_returns_the_same_object() -> None:
     first = cache.build(NAME, "A", values, None)
     assert cache.build(NAME, "A", values, ()) is first
     assert cache.build(NAME, "B", values, ()) is not first  # the label is part of it
+
+
+@pytest.mark.parametrize("with_cells", [False, True])
+@pytest.mark.parametrize("count", [8, 10, 11])
+def test_a_too_low_cell_count_never_costs_the_pack_voltage(count: int, with_cells: bool) -> None:
+    # Found by review: the voltage range scaled by a wrong, low count (8 x 5 V = 40 V) rejected
+    # a good 53.3 V, and the pack went BMS-offline.  The count is checked first now.
+    values: dict[str, Value] = {
+        "/Dc/0/Voltage": 53.3, "/System/NrOfCellsPerBattery": count,
+        "/System/MaxCellVoltage": 3.34, "/System/MinCellVoltage": 3.32,
+        **{f"/Voltages/Cell{i}": 3.33 for i in range(1, 17)},
+    }
+    full, bad = pack_from_values(NAME, "A", values, with_cells=with_cells)
+    assert full.voltage_v == 53.3 and full.cells_per_battery is None
+    assert [b.path for b in bad] == ["/System/NrOfCellsPerBattery"]
+    svc = ServiceState(name=NAME, owner=":1.7", kind=Kind.PACK)
+    svc.apply_scan(values, 0.0)
+    cached, cached_bad = svc.snapshot("A", with_cells=with_cells)
+    assert cached.voltage_v == 53.3 and cached.cells_per_battery is None
+    assert [b.path for b in cached_bad] == ["/System/NrOfCellsPerBattery"]

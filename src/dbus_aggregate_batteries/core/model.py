@@ -263,6 +263,30 @@ class _Reader:
         return raw
 
 
+def check_cell_count(
+    values: Mapping[str, Value], n_cells: int | None, max_cell: float | None,
+    min_cell: float | None,
+) -> tuple[int | None, BadValue | None]:
+    """The published cell count, or None with the reason when the pack voltage contradicts it.
+
+    The pack voltage divided by the count must lie within the extreme cells (+/- a tolerance).
+    """
+    if n_cells is None or max_cell is None or min_cell is None:
+        return n_cells, None
+    voltage = _number(values.get("/Dc/0/Voltage"))
+    if voltage is None or voltage <= 0:
+        return n_cells, None
+    per_cell = voltage / n_cells
+    if min_cell - CELL_COUNT_TOLERANCE_V <= per_cell <= max_cell + CELL_COUNT_TOLERANCE_V:
+        return n_cells, None
+    return None, BadValue(
+        "/System/NrOfCellsPerBattery",
+        str(n_cells),
+        f"{voltage:.2f} V / {n_cells} cells = {per_cell:.3f} V per cell, outside the"
+        f" cells' {min_cell:.3f}..{max_cell:.3f} V",
+    )
+
+
 def pack_from_values(
     service: str, label: str, values: Mapping[str, Value], *, with_cells: bool = True
 ) -> tuple[PackSnapshot, tuple[BadValue, ...]]:
@@ -278,6 +302,12 @@ def pack_from_values(
     min_cell = r.num("/System/MinCellVoltage")
     max_cell = max_cell if max_cell is None or max_cell > 0 else None
     min_cell = min_cell if min_cell is None or min_cell > 0 else None
+    # A BMS configured for the wrong cell count would scale every pack voltage we derive: the
+    # count is checked against the voltage first, so a wrong count cannot get a good voltage
+    # rejected by a range it scaled, nor limit the cells read.
+    n_cells, wrong_count = check_cell_count(values, n_cells, max_cell, min_cell)
+    if wrong_count is not None:
+        r.bad.append(wrong_count)
     cells: list[float | None] = []
     if with_cells or max_cell is None or min_cell is None:
         # Cells are read up to the published count, or as far as they are present.
@@ -292,25 +322,6 @@ def pack_from_values(
     present = sum(1 for c in cells if c is not None)
     range_cells = n_cells if n_cells is not None else present or None
     voltage = r.num("/Dc/0/Voltage", range_cells)
-    if None not in (n_cells, voltage, max_cell, min_cell):
-        assert n_cells is not None and voltage is not None
-        assert max_cell is not None and min_cell is not None
-        # A BMS configured for the wrong cell count would scale every pack voltage we derive.
-        per_cell = voltage / n_cells
-        if not min_cell - CELL_COUNT_TOLERANCE_V <= per_cell <= max_cell + CELL_COUNT_TOLERANCE_V:
-            r.bad.append(
-                BadValue(
-                    "/System/NrOfCellsPerBattery",
-                    str(n_cells),
-                    f"{voltage:.2f} V / {n_cells} cells = {per_cell:.3f} V per cell, outside the"
-                    f" cells' {min_cell:.3f}..{max_cell:.3f} V",
-                )
-            )
-            n_cells = None
-            # The count was the only reason a high voltage looked plausible: check it again.
-            range_cells = present or None
-            if voltage is not None and r.num("/Dc/0/Voltage", range_cells) is None:
-                voltage = None
     known_cells = [c for c in cells if c is not None]
     if max_cell is None and known_cells:
         max_cell = max(known_cells)

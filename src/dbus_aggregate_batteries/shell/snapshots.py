@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping
 # The per-path checks are core.model's (private) reader: one implementation of "what is a
 # trusted value", used by both the full and the incremental build.
 from dbus_aggregate_batteries.core.model import (
-    CELL_COUNT_TOLERANCE_V,
     CELL_RANGE,
     EXCLUSIVE_LOW,
     INT_RANGES,
@@ -32,6 +31,7 @@ from dbus_aggregate_batteries.core.model import (
     BadValue,
     PackSnapshot,
     _Reader,
+    check_cell_count,
 )
 from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
@@ -272,6 +272,10 @@ class SnapshotCache:
         bad = list(self._bad.values())
         max_cell = max_cell if max_cell is None or max_cell > 0 else None
         min_cell = min_cell if min_cell is None or min_cell > 0 else None
+        # As pack_from_values: the count is checked against the voltage before anything uses it.
+        n_cells, wrong_count = check_cell_count(values, n_cells, max_cell, min_cell)
+        if wrong_count is not None:
+            bad.append(wrong_count)
         cells: list[float | None] = []
         self._reads_cells = self.with_cells or max_cell is None or min_cell is None
         if self._reads_cells:
@@ -279,33 +283,12 @@ class SnapshotCache:
                 cells.append(value)  # type: ignore[arg-type]
                 if rejected is not None:
                     bad.append(rejected)
-        # As pack_from_values: the pack voltages' range scales with the cells in series, the
-        # published count, else the cells read, else RANGES' fixed bound.
+        # As pack_from_values: the pack voltages' range scales with the cells in series (the
+        # count, else the cells read, else RANGES' fixed bound).
         present = sum(1 for c in cells if c is not None)
         range_cells = n_cells if n_cells is not None else present or None
         reader = _Reader(values)
         voltage = reader.num("/Dc/0/Voltage", range_cells)
-        if n_cells is not None and voltage is not None and max_cell is not None and (
-            min_cell is not None
-        ):
-            # Same rule as pack_from_values: a wrong cell count would scale derived voltages.
-            per_cell = voltage / n_cells
-            if not (
-                min_cell - CELL_COUNT_TOLERANCE_V <= per_cell <= max_cell + CELL_COUNT_TOLERANCE_V
-            ):
-                bad.append(
-                    BadValue(
-                        CELLS_PER_BATTERY,
-                        str(n_cells),
-                        f"{voltage:.2f} V / {n_cells} cells = {per_cell:.3f} V per cell, outside"
-                        f" the cells' {min_cell:.3f}..{max_cell:.3f} V",
-                    )
-                )
-                n_cells = None
-                # The count was the only reason a high voltage looked plausible: check again.
-                range_cells = present or None
-                if reader.num("/Dc/0/Voltage", range_cells) is None:
-                    voltage = None
         voltages_sum = reader.num("/Voltages/Sum", range_cells)
         cvl = reader.num("/Info/MaxChargeVoltage", range_cells)
         low_voltage = reader.num("/Info/BatteryLowVoltage", range_cells)
