@@ -15,14 +15,17 @@ Rules (docs/failure-modes.md gives the physics and the tests):
   life at all for ``stale_after_s + probe_after_s`` is STALE too.
 - **BMS_OFFLINE**: the driver says its BMS is gone (health.py).
 - **FROZEN**: the measured values (voltage, current, SoC, cells, temperatures, Ah) have not
-  changed while the bank visibly carried current for ``stale_after_s`` in total since the
-  last change.  The bank "visibly carries current" for a pack when the pack should carry at
-  least ``frozen_current_a``: its capacity share of the bank current measured outside the
-  packs (Multi + solar chargers +/- SmartShunts, or the battery SmartShunts), or its capacity
-  share of the current that the other, visibly live packs report, or its own last reported
-  current.  A pack in parallel shares the bus voltage, so it must carry its share, and a
-  current measurement at that level moves; a pack that blocks that direction, or is full
-  (charging) or empty (discharging), carries none, so it is not expected to move.
+  changed while the bank visibly carried current for ``stale_after_s`` since the last
+  change, counted leakily: a second without current takes back a quarter second, so sparse
+  glitches in a current reading at rest never add up, and a load running more than a fifth
+  of the time still gets a frozen pack caught.  The bank "visibly carries current" for a
+  pack when the pack should carry at least ``frozen_current_a``: its capacity share of the
+  bank current measured outside the packs (Multi + solar chargers +/- SmartShunts, or the
+  battery SmartShunts), or its capacity share of the current that the other, visibly live
+  packs report, or its own last reported current.  A pack in parallel shares the bus
+  voltage, so it must carry its share, and a current measurement at that level moves; a
+  pack that blocks that direction, or is full (charging) or empty (discharging), carries
+  none, so it is not expected to move.
 - **OFFLINE**: the service left the bus.  Its last healthy snapshot (else its last one) is
   remembered under its identity until the pack is healthy again; only a restart forgets it.
 - A pack that is present but not healthy counts with the most restrictive of its current
@@ -43,6 +46,9 @@ from dbus_aggregate_batteries.core.model import Event, PackSnapshot, Severity, m
 # expected to show the bank's current.
 FULL_SOC_PCT = 99.0
 EMPTY_SOC_PCT = 1.0
+
+# How fast time without current drains the count of time with current (see assess).
+MOVING_DRAIN = 0.25
 
 Fingerprint = tuple[object, ...]
 
@@ -76,6 +82,16 @@ class Watch:
     changed_s: float  # when the measured values last changed (or were first seen)
     moving_s: float = 0.0  # time the bank visibly carried this pack's current since then
     probed_s: float = -1e18  # when a liveness probe was last asked for
+    seen_s: float = 0.0  # when the roster first saw this service (on the bus this time)
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """What is remembered of a pack whose service left the bus."""
+
+    snapshot: PackSnapshot
+    service: str
+    left_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +105,7 @@ class RosterState:
     now_s: float | None = None
     watches: Mapping[str, Watch] = field(default_factory=dict)
     last_good: Mapping[str, PackSnapshot] = field(default_factory=dict)
-    departed: Mapping[str, PackSnapshot] = field(default_factory=dict)
+    departed: Mapping[str, Left] = field(default_factory=dict)
     health: Mapping[str, Health] = field(default_factory=dict)
 
 
@@ -208,7 +224,7 @@ def assess(
 
     for gone in departures:
         snap = last_good.pop(gone.service, None) or gone.snapshot
-        departed[gone.identity] = snap
+        departed[gone.identity] = Left(snap, gone.service, now_s)
         if health.get(gone.service) is not Health.OFFLINE:
             events.append(Event(
                 Severity.WARNING, "pack-health",
@@ -229,7 +245,8 @@ def assess(
         old = None if p.service in left_now else old_watches.get(p.service)
         if old is None or old.fingerprint != fp:
             watches[p.service] = Watch(
-                fp, now_s, 0.0, old.probed_s if old is not None else -1e18
+                fp, now_s, 0.0, old.probed_s if old is not None else -1e18,
+                old.seen_s if old is not None else now_s,
             )
         else:
             watches[p.service] = old
@@ -245,12 +262,19 @@ def assess(
     present: set[str] = set()  # identities of unhealthy packs already in ``missing``
     for p in packs:
         watch = watches[p.service]
-        if watch.changed_s != now_s and expected[p.service] >= fault.frozen_current_a:
-            watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s + dt, watch.probed_s)
+        if watch.changed_s != now_s:
+            # A leaky count: time with current adds, time without drains it at a quarter of
+            # that rate.  Brief current readings hours apart at rest never add up to a frozen
+            # verdict (a false alarm stops the inverter), while a load that runs more than a
+            # fifth of the time (a cycling fridge, a pump) still gets a frozen pack caught.
+            moving = watch.moving_s + (dt if expected[p.service] >= fault.frozen_current_a
+                                       else -MOVING_DRAIN * dt)
+            watch = Watch(watch.fingerprint, watch.changed_s, max(moving, 0.0), watch.probed_s,
+                          watch.seen_s)
         silent = now_s - p.alive_s
         if silent > fault.probe_after_s and now_s - watch.probed_s > fault.probe_after_s:
             probe.append(p.service)
-            watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s, now_s)
+            watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s, now_s, watch.seen_s)
         watches[p.service] = watch
 
         verdict, reason = _verdict(cfg, p, watch, silent, now_s, expected[p.service])
@@ -262,18 +286,27 @@ def assess(
                 f"pack {snap.label} ({p.service}): {verdict.value} ({reason})",
             ))
             health[p.service] = verdict
-        left = departed.get(p.identity)
+        # A pack is the one that left only if it is that service, or (a tty rename) a service
+        # that appeared after it left.  Another pack with the same serial that was on the bus
+        # all along (serial-less BMSes share fallback ids) must not wipe the memory.
+        gone_entry = departed.get(p.identity)
+        returned = gone_entry is not None and (
+            gone_entry.service == p.service or watch.seen_s >= gone_entry.left_s
+        )
+        left = gone_entry.snapshot if returned and gone_entry is not None else None
         if verdict is Health.ACTIVE:
             # Only a healthy return clears what was remembered when it left.
-            departed.pop(p.identity, None)
+            if returned:
+                departed.pop(p.identity, None)
             healthy.append(snap)
             last_good[p.service] = snap
         else:
             last = last_good.get(p.service)
             remembered = most_restrictive(last, left) if last is not None else left
             missing.append(most_restrictive(snap, remembered))
-            present.add(p.identity)
-    missing.extend(snap for key, snap in departed.items() if key not in present)
+            if returned:
+                present.add(p.identity)
+    missing.extend(entry.snapshot for key, entry in departed.items() if key not in present)
 
     return RosterResult(
         healthy=tuple(healthy),
