@@ -304,28 +304,32 @@ def test_counter_without_capacity_or_soc_publishes_nothing() -> None:
 
 
 def test_interpolate_table() -> None:
-    table = config().limits.own.charge_table  # 2.90 .2, 2.95 1, 3.30 1, 3.40 .1, 3.45 0
+    table = config().limits.own.charge_table  # 2.90 .2, 2.95 1, 3.45 1, 3.50 0
     assert interpolate(table, 2.5) == pytest.approx(0.2)
     assert interpolate(table, 2.925) == pytest.approx(0.6)
-    assert interpolate(table, 3.35) == pytest.approx(0.55)
-    assert interpolate(table, 3.45) == pytest.approx(0.0)
+    assert interpolate(table, 3.40) == pytest.approx(1.0)
+    assert interpolate(table, 3.475) == pytest.approx(0.5)
+    assert interpolate(table, 3.50) == pytest.approx(0.0)
     assert interpolate(table, 4.0) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("chemistry", ["lfp", "lto"])
 def test_own_limits_presets(chemistry: str) -> None:
     own = config(chemistry=chemistry, limits={"mode": "own"}).limits.own
-    vmin, vbal, vmax = own.min_cell_voltage_v, own.balancing_voltage_v, own.max_cell_voltage_v
-    # Half way between bal-0.1 (factor 1) and bal (factor 0.1).
-    x = vbal - 0.05
+    vmin, vmax = own.min_cell_voltage_v, own.max_cell_voltage_v
+    # Half way between max (factor 1) and max + 0.05 (factor 0).
+    x = vmax + 0.025
     limits, _ = own_current_limits(own, [pack()], max_cell_v=x, min_cell_v=vmin + 0.15,
                                    discharge_latched=False)
-    assert limits.ccl_a == pytest.approx(200 * 0.55)
+    assert limits.ccl_a == pytest.approx(200 * 0.5)
     # Half way between min+0.1 (0.05) and min+0.2 (1).
     assert limits.dcl_a == pytest.approx(200 * 0.525)
     limits, _ = own_current_limits(own, [pack()], max_cell_v=vmax, min_cell_v=vmin,
                                    discharge_latched=False)
-    assert limits.ccl_a == 0.0 and limits.dcl_a == 0.0
+    assert limits.ccl_a == pytest.approx(200.0) and limits.dcl_a == 0.0
+    limits, _ = own_current_limits(own, [pack()], max_cell_v=vmax + 0.05, min_cell_v=vmin,
+                                   discharge_latched=False)
+    assert limits.ccl_a == 0.0
 
 
 @pytest.mark.parametrize(
@@ -523,7 +527,7 @@ def test_step_own_mode_lto_preset() -> None:
 
 
 def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits={"mode": "own", "own": {"cvl_control": "upstream"}})
     a = pack("A", cell_list=[3.40] * 15 + [3.50])
     january = date(2026, 1, 15)  # normal target 3.55 V/cell, above the reduced CVL
     res = step(cfg, EngineState(balancing=BalancingState(last_balanced=january)), [a],
@@ -532,7 +536,7 @@ def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
     assert res.state.feed_in.saved_value == 1
     assert res.values["/Info/MaxChargeVoltage"] == pytest.approx(15 * 3.40 + 3.45)
     assert res.values["/Info/ChargeMode"] == "Dynamic CVL"
-    assert res.values["/Info/MaxChargeCurrent"] == 0.0  # table end at 3.45
+    assert res.values["/Info/MaxChargeCurrent"] == 0.0  # table end at 3.50
 
 
 def test_step_degraded_derates_and_never_raises_limits() -> None:
@@ -581,7 +585,7 @@ def test_step_send_cell_voltages() -> None:
 
 
 def test_missing_pack_with_high_cell_keeps_cvl_down_and_feed_in_off() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits={"mode": "own", "own": {"cvl_control": "upstream"}})
     a = pack("A", cell_list=[3.30] * 16)
     b = pack("B", cell_list=[3.30] * 15 + [3.60])
     st = EngineState(balancing=BalancingState(last_balanced=TODAY))

@@ -29,12 +29,14 @@ MODES: dict[str, dict[str, Any]] = {
     "bms min x N": {"limits": {"mode": "bms", "bms": {"currents": "min_times_n"}}},
     "bms sum": {"limits": {"mode": "bms", "bms": {"currents": "sum"}}},
     "own": {"limits": {"mode": "own"}},
+    "own, upstream CVL": {"limits": {"mode": "own", "own": {"cvl_control": "upstream"}}},
 }
 # A pack over its own limit by more than this counts as over-limit (issue 10 §3).
 OVER_LIMIT_FACTOR = 1.05
 OVER_LIMIT_MARGIN_A = 0.5  # below this nobody could measure the difference
-# CVL moves smaller than this are quantisation (published to 10 mV), not reversals.
-CVL_STEP_V = 0.015
+# CVL moves smaller than this (3 mV per cell of a 16-cell pack) are dither of a 10 mV
+# published resolution, not reversals.
+CVL_STEP_V = 0.05
 SETTLE_S = 300.0
 
 Recorder = Callable[[dict[str, Any]], None]
@@ -351,7 +353,7 @@ def run_inprocess(
     aggregator = InProcessAggregator(cfg)
     limits = DvccLimits(None, None, None)
     next_tick = 0.0
-    next_record = 0.0
+    next_record = record_every_s
     dt = scn.dt_s
     while not loop.done:
         if loop.t_s >= next_tick - 1e-9:

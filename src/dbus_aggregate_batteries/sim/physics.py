@@ -144,7 +144,7 @@ class Pack:
     ocv: Sequence[tuple[float, float]]
     bms: BmsParams = LFP_BMS
     extra_r_ohm: float = 0.002  # cables, fuse, shunt, FETs
-    thermal_r_c_per_w: float = 0.5
+    thermal_r_c_per_w: float = 0.3
     thermal_tau_s: float = 1800.0
     temperature_c: float = 25.0
     current_a: float = 0.0

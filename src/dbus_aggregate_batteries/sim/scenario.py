@@ -152,7 +152,7 @@ class Scenario(_Base):
     cell_r1_ohm: float = Field(0.0003, ge=0.0, le=0.1)
     cell_tau_s: float = Field(60.0, gt=0.0, le=36000.0)
     pack_extra_r_ohm: float = Field(0.002, ge=0.0, le=1.0)
-    thermal_r_c_per_w: float = Field(0.5, ge=0.0, le=100.0)
+    thermal_r_c_per_w: float = Field(0.3, ge=0.0, le=100.0)
     thermal_tau_s: float = Field(1800.0, gt=0.0, le=1_000_000.0)
     bms: BmsScenario = Field(default_factory=BmsScenario)
     charger: ChargerScenario = Field(default_factory=ChargerScenario)
