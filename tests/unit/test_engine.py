@@ -15,8 +15,10 @@ from dbus_aggregate_batteries.core.aggregate import merge_packs
 from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
+    CvlRegulator,
     FeedInState,
     dynamic_cvl,
+    regulate_cvl,
     step_balancing,
     step_feed_in,
 )
@@ -650,3 +652,61 @@ def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
     assert worst.dcl_a == pytest.approx(150.0) and worst.max_cell_v == pytest.approx(3.5)
     health, _ = bms_health(pack("C", ccl_a=None), needs_limits=True)
     assert health is Health.BMS_OFFLINE
+
+
+# ---------------------------------------------------------------- CVL regulator (closed-loop issue)
+
+
+def test_regulator_is_idle_below_the_engage_band() -> None:
+    own = config(limits={"mode": "own"}).limits.own
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=55.2, n_cells=16,
+                              max_cell_v=3.40, bank_v=54.0, now_s=0.0)
+    assert cvl == 55.2 and not state.engaged
+
+
+def test_regulator_worked_values() -> None:
+    own = config(limits={"mode": "own"}).limits.own  # max 3.45 V
+    # Engages 10 mV below the maximum: CVL = V + 0.5 x 16 x 0.010 = 54.0 + 0.08.
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=55.2, n_cells=16,
+                              max_cell_v=3.44, bank_v=54.0, now_s=0.0)
+    assert state.engaged and cvl == pytest.approx(54.08)
+    # One second later the cell rose 2 mV: rise = 1/(10+1) x 2 mV/s, looked ahead 15 s; the
+    # bias integrates 0.02 x 16 x error x 1 s.
+    state2, cvl2 = regulate_cvl(state, own, target_v=55.2, n_cells=16,
+                                max_cell_v=3.442, bank_v=54.02, now_s=1.0)
+    rise = 0.002 / 11.0
+    error = 3.45 - 3.442 - 15.0 * rise
+    bias = 0.02 * 16 * error * 1.0
+    assert state2.rise_v_per_s == pytest.approx(rise)
+    assert state2.bias_v == pytest.approx(bias)
+    assert cvl2 == pytest.approx(54.02 + 0.5 * 16 * error + bias)
+    # A cell over the maximum pulls the CVL below the bank voltage (never below n x min).
+    _, cvl3 = regulate_cvl(state2, own, target_v=55.2, n_cells=16,
+                           max_cell_v=3.47, bank_v=54.3, now_s=2.0)
+    assert 16 * own.min_cell_voltage_v <= cvl3 < 54.3
+    # Released once the cell is 60 mV below the maximum: back to the target.
+    state4, cvl4 = regulate_cvl(state2, own, target_v=55.2, n_cells=16,
+                                max_cell_v=3.38, bank_v=53.0, now_s=3.0)
+    assert not state4.engaged and cvl4 == 55.2
+
+
+def test_regulator_never_above_target_and_gives_up_without_data() -> None:
+    own = config(limits={"mode": "own"}).limits.own
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=54.4, n_cells=16,
+                              max_cell_v=3.43, bank_v=54.3, now_s=0.0)
+    assert cvl == 54.4  # V + 0.16 would be above the target
+    assert regulate_cvl(state, own, target_v=54.4, n_cells=16, max_cell_v=None,
+                        bank_v=54.3, now_s=1.0)[1] is None
+    # A bank voltage that does not fit 16 cells (1 V) is not regulated on.
+    assert regulate_cvl(state, own, target_v=54.4, n_cells=16, max_cell_v=3.46,
+                        bank_v=1.0, now_s=1.0)[1] is None
+
+
+def test_engine_regulate_mode_holds_cvl_near_bank_voltage() -> None:
+    cfg = config(limits={"mode": "own"})
+    a = pack("A", cell_list=[3.40] * 15 + [3.46])  # voltage from the cells: 54.46 V
+    res = step(cfg, EngineState(balancing=BalancingState(last_balanced=TODAY)), [a],
+               AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert res.limits.cvl_v is not None
+    assert res.limits.cvl_v < (a.voltage_v or 0.0)  # a cell over max: below the bus
+    assert res.state.cvl_regulator.engaged and res.state.high_cell
