@@ -58,6 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 CELL_V = Field(ge=0.5, le=5.0)
+# The default charge table reaches 0 this far above max_cell_voltage_v.
+CHARGE_BACKSTOP_V = 0.05
 
 # Bounds that make a hostile or mistaken file fail fast with one clear line. A real config is
 # ~8 kB with ~150 YAML nodes (every list at its longest would still stay below 1000): limits
@@ -174,6 +176,7 @@ class SocConfig(_Base):
     full_cell_voltage_v: float = CELL_V
     empty_cell_voltage_v: float = CELL_V
     reset_to_zero_at_empty: bool = False
+    full_reset_max_current_c: float = Field(0.05, ge=0.0, le=10.0)
     save_every_fraction: float = Field(0.0025, ge=0.0001, le=0.1)
     min_save_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
     time_to_go_min_current_a: float = Field(0.1, ge=0.0, le=1000.0)
@@ -247,6 +250,7 @@ class OwnLimitsConfig(_Base):
     charge_table: Table
     discharge_table: Table
     disable_feed_in_on_high_cell: bool = True
+    cvl_control: Literal["regulate", "upstream"] = "regulate"
 
     @field_validator("charge_cell_voltage_v", mode="before")
     @classmethod
@@ -524,15 +528,18 @@ def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
         ):
             own.setdefault(key, preset[key])
         vmin = _finite(own.get("min_cell_voltage_v"))
-        vbal = _finite(own.get("balancing_voltage_v"))
         vmax = _finite(own.get("max_cell_voltage_v"))
-        if "charge_table" not in own and None not in (vmin, vbal, vmax):
-            assert vmin is not None and vbal is not None and vmax is not None
+        if "charge_table" not in own and None not in (vmin, vmax):
+            assert vmin is not None and vmax is not None
+            # Full current up to the maximum cell voltage, where the CVL regulator holds the
+            # highest cell; the table only cuts in above it, as a backstop.  The original's
+            # table (0.1 at balancing voltage) starved the charge at the LFP knee (README,
+            # control benchmark).
             own["charge_table"] = {
                 "cell_voltage_v": [
-                    round(v, 4) for v in (vmin, vmin + 0.05, vbal - 0.1, vbal, vmax)
+                    round(v, 4) for v in (vmin, vmin + 0.05, vmax, vmax + CHARGE_BACKSTOP_V)
                 ],
-                "factor": [0.2, 1.0, 1.0, 0.1, 0.0],
+                "factor": [0.2, 1.0, 1.0, 0.0],
             }
         if "discharge_table" not in own and vmin is not None:
             own["discharge_table"] = {
@@ -566,14 +573,14 @@ _PRESET_FILLED: frozenset[tuple[str, ...]] = frozenset(
     | {("limits", "own", key) for key in (*_OWN_PRESET_KEYS, "charge_table", "discharge_table")}
 )
 _TABLE_SOURCES: dict[str, tuple[str, ...]] = {
-    "charge_table": ("min_cell_voltage_v", "balancing_voltage_v", "max_cell_voltage_v"),
+    "charge_table": ("min_cell_voltage_v", "max_cell_voltage_v"),
     "discharge_table": ("min_cell_voltage_v",),
 }
 _TABLE_HINTS = {
     "charge_table": (
-        "; this default table is derived from limits.own.min_cell_voltage_v (+0, +0.05),"
-        " balancing_voltage_v (-0.1, +0) and max_cell_voltage_v: keep balancing below max and"
-        " more than 0.15 V above min, or set limits.own.charge_table yourself"
+        "; this default table is derived from limits.own.min_cell_voltage_v (+0, +0.05) and"
+        " max_cell_voltage_v (+0, +0.05): keep max more than 0.05 V above min,"
+        " or set limits.own.charge_table yourself"
     ),
     "discharge_table": (
         "; this default table is derived from limits.own.min_cell_voltage_v (+0, +0.1, +0.2):"

@@ -142,8 +142,12 @@ def counter_step(
     bms_soc_pct: float | None,
     max_cell_v: float | None,
     min_cell_v: float | None,
+    full_max_current_c: float | None = None,
 ) -> CounterResult:
     """One step of the own Coulomb counter (soc.py docstring, upstream 5.3).
+
+    ``full_max_current_c``: the full reset also needs the current (if known) at or below
+    this many A per Ah installed (closed-loop issue: a tail current); None = no condition.
 
     Order: initialise or integrate, then the full/empty resets, then clamp to 0..C.
     """
@@ -163,8 +167,16 @@ def counter_step(
                     q = q + current_a * dt / 3600.0 * efficiency
                 else:
                     q = q + current_a * dt / 3600.0
-    if max_cell_v is not None and max_cell_v >= full_cell_v:
+    at_full_voltage = max_cell_v is not None and max_cell_v >= full_cell_v
+    tail_ok = (
+        full_max_current_c is None
+        or current_a is None
+        or current_a <= full_max_current_c * installed_ah
+    )
+    if at_full_voltage and tail_ok:
         q = installed_ah
+    elif at_full_voltage:
+        pass  # at the voltage but still taking current: not full yet, and not empty either
     elif reset_to_zero_at_empty and min_cell_v is not None and min_cell_v <= empty_cell_v:
         q = 0.0
     q = max(0.0, min(q, installed_ah))

@@ -231,7 +231,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("bad-policy", "fault:\n  policy: panic\n", "fault.policy", "derate"),
     (
         "derived-table-invalid",
-        "limits:\n  own:\n    balancing_voltage_v: 3.45\n",
+        "limits:\n  own:\n    max_cell_voltage_v: 4.98\n",
         "limits.own.charge_table.cell_voltage_v",
         "set limits.own.charge_table yourself",
     ),
@@ -378,9 +378,11 @@ def test_lfp_preset_matches_the_original_defaults() -> None:
     assert own.cell_diff_max_v == pytest.approx(0.025)
     assert cfg.soc.full_cell_voltage_v == pytest.approx(3.45)
     assert cfg.soc.empty_cell_voltage_v == pytest.approx(2.90)
-    # upstream.md 2.2 and 5.6: the derived default tables
-    assert own.charge_table.cell_voltage_v == pytest.approx([2.90, 2.95, 3.30, 3.40, 3.45])
-    assert own.charge_table.factor == pytest.approx([0.2, 1.0, 1.0, 0.1, 0.0])
+    # The charge table is ours (README, control benchmark): full current up to the maximum,
+    # 0 at maximum + 0.05 V; the discharge table is the original's (upstream.md 2.2 and 5.6).
+    assert own.charge_table.cell_voltage_v == pytest.approx([2.90, 2.95, 3.45, 3.50])
+    assert own.charge_table.factor == pytest.approx([0.2, 1.0, 1.0, 0.0])
+    assert own.cvl_control == "regulate"
     assert own.discharge_table.cell_voltage_v == pytest.approx([2.90, 3.00, 3.10])
     assert own.discharge_table.factor == pytest.approx([0.0, 0.05, 1.0])
     # other defaults of the original
@@ -411,8 +413,8 @@ def test_lto_preset_matches_the_original_lto_example() -> None:
     )
     assert cfg.soc.full_cell_voltage_v == pytest.approx(2.50)
     assert cfg.soc.empty_cell_voltage_v == pytest.approx(1.90)
-    # tables derived from min 1.9, balancing 2.5, max 2.6
-    assert own.charge_table.cell_voltage_v == pytest.approx([1.90, 1.95, 2.40, 2.50, 2.60])
+    # tables derived from min 1.9 and max 2.6
+    assert own.charge_table.cell_voltage_v == pytest.approx([1.90, 1.95, 2.60, 2.65])
     assert own.discharge_table.cell_voltage_v == pytest.approx([1.90, 2.00, 2.10])
 
 
@@ -432,8 +434,8 @@ def test_explicit_key_overrides_the_preset_and_drives_the_tables() -> None:
     assert own.charge_cell_voltage_for_month(7) == pytest.approx(2.4)
     assert cfg.soc.full_cell_voltage_v == pytest.approx(2.55)
     assert cfg.soc.empty_cell_voltage_v == pytest.approx(1.90)  # preset
-    # [min, min+0.05, bal-0.1, bal, max] and [min, min+0.1, min+0.2] from the overridden values
-    assert own.charge_table.cell_voltage_v == pytest.approx([2.0, 2.05, 2.35, 2.45, 2.60])
+    # [min, min+0.05, max, max+0.05] and [min, min+0.1, min+0.2] from the overridden values
+    assert own.charge_table.cell_voltage_v == pytest.approx([2.0, 2.05, 2.60, 2.65])
     assert own.discharge_table.cell_voltage_v == pytest.approx([2.0, 2.1, 2.2])
 
 

@@ -15,8 +15,10 @@ from dbus_aggregate_batteries.core.aggregate import merge_packs
 from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
+    CvlRegulator,
     FeedInState,
     dynamic_cvl,
+    regulate_cvl,
     step_balancing,
     step_feed_in,
 )
@@ -304,28 +306,32 @@ def test_counter_without_capacity_or_soc_publishes_nothing() -> None:
 
 
 def test_interpolate_table() -> None:
-    table = config().limits.own.charge_table  # 2.90 .2, 2.95 1, 3.30 1, 3.40 .1, 3.45 0
+    table = config().limits.own.charge_table  # 2.90 .2, 2.95 1, 3.45 1, 3.50 0
     assert interpolate(table, 2.5) == pytest.approx(0.2)
     assert interpolate(table, 2.925) == pytest.approx(0.6)
-    assert interpolate(table, 3.35) == pytest.approx(0.55)
-    assert interpolate(table, 3.45) == pytest.approx(0.0)
+    assert interpolate(table, 3.40) == pytest.approx(1.0)
+    assert interpolate(table, 3.475) == pytest.approx(0.5)
+    assert interpolate(table, 3.50) == pytest.approx(0.0)
     assert interpolate(table, 4.0) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("chemistry", ["lfp", "lto"])
 def test_own_limits_presets(chemistry: str) -> None:
     own = config(chemistry=chemistry, limits={"mode": "own"}).limits.own
-    vmin, vbal, vmax = own.min_cell_voltage_v, own.balancing_voltage_v, own.max_cell_voltage_v
-    # Half way between bal-0.1 (factor 1) and bal (factor 0.1).
-    x = vbal - 0.05
+    vmin, vmax = own.min_cell_voltage_v, own.max_cell_voltage_v
+    # Half way between max (factor 1) and max + 0.05 (factor 0).
+    x = vmax + 0.025
     limits, _ = own_current_limits(own, [pack()], max_cell_v=x, min_cell_v=vmin + 0.15,
                                    discharge_latched=False)
-    assert limits.ccl_a == pytest.approx(200 * 0.55)
+    assert limits.ccl_a == pytest.approx(200 * 0.5)
     # Half way between min+0.1 (0.05) and min+0.2 (1).
     assert limits.dcl_a == pytest.approx(200 * 0.525)
     limits, _ = own_current_limits(own, [pack()], max_cell_v=vmax, min_cell_v=vmin,
                                    discharge_latched=False)
-    assert limits.ccl_a == 0.0 and limits.dcl_a == 0.0
+    assert limits.ccl_a == pytest.approx(200.0) and limits.dcl_a == 0.0
+    limits, _ = own_current_limits(own, [pack()], max_cell_v=vmax + 0.05, min_cell_v=vmin,
+                                   discharge_latched=False)
+    assert limits.ccl_a == 0.0
 
 
 @pytest.mark.parametrize(
@@ -523,7 +529,7 @@ def test_step_own_mode_lto_preset() -> None:
 
 
 def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits={"mode": "own", "own": {"cvl_control": "upstream"}})
     a = pack("A", cell_list=[3.40] * 15 + [3.50])
     january = date(2026, 1, 15)  # normal target 3.55 V/cell, above the reduced CVL
     res = step(cfg, EngineState(balancing=BalancingState(last_balanced=january)), [a],
@@ -532,7 +538,7 @@ def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
     assert res.state.feed_in.saved_value == 1
     assert res.values["/Info/MaxChargeVoltage"] == pytest.approx(15 * 3.40 + 3.45)
     assert res.values["/Info/ChargeMode"] == "Dynamic CVL"
-    assert res.values["/Info/MaxChargeCurrent"] == 0.0  # table end at 3.45
+    assert res.values["/Info/MaxChargeCurrent"] == 0.0  # table end at 3.50
 
 
 def test_step_degraded_derates_and_never_raises_limits() -> None:
@@ -581,7 +587,7 @@ def test_step_send_cell_voltages() -> None:
 
 
 def test_missing_pack_with_high_cell_keeps_cvl_down_and_feed_in_off() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits={"mode": "own", "own": {"cvl_control": "upstream"}})
     a = pack("A", cell_list=[3.30] * 16)
     b = pack("B", cell_list=[3.30] * 15 + [3.60])
     st = EngineState(balancing=BalancingState(last_balanced=TODAY))
@@ -646,3 +652,61 @@ def test_most_restrictive_keeps_fresh_and_old_blocks() -> None:
     assert worst.dcl_a == pytest.approx(150.0) and worst.max_cell_v == pytest.approx(3.5)
     health, _ = bms_health(pack("C", ccl_a=None), needs_limits=True)
     assert health is Health.BMS_OFFLINE
+
+
+# ---------------------------------------------------------------- CVL regulator (closed-loop issue)
+
+
+def test_regulator_is_idle_below_the_engage_band() -> None:
+    own = config(limits={"mode": "own"}).limits.own
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=55.2, n_cells=16,
+                              max_cell_v=3.40, bank_v=54.0, now_s=0.0)
+    assert cvl == 55.2 and not state.engaged
+
+
+def test_regulator_worked_values() -> None:
+    own = config(limits={"mode": "own"}).limits.own  # max 3.45 V
+    # Engages 10 mV below the maximum: CVL = V + 0.5 x 16 x 0.010 = 54.0 + 0.08.
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=55.2, n_cells=16,
+                              max_cell_v=3.44, bank_v=54.0, now_s=0.0)
+    assert state.engaged and cvl == pytest.approx(54.08)
+    # One second later the cell rose 2 mV: rise = 1/(10+1) x 2 mV/s, looked ahead 15 s; the
+    # bias integrates 0.02 x 16 x error x 1 s.
+    state2, cvl2 = regulate_cvl(state, own, target_v=55.2, n_cells=16,
+                                max_cell_v=3.442, bank_v=54.02, now_s=1.0)
+    rise = 0.002 / 11.0
+    error = 3.45 - 3.442 - 15.0 * rise
+    bias = 0.02 * 16 * error * 1.0
+    assert state2.rise_v_per_s == pytest.approx(rise)
+    assert state2.bias_v == pytest.approx(bias)
+    assert cvl2 == pytest.approx(54.02 + 0.5 * 16 * error + bias)
+    # A cell over the maximum pulls the CVL below the bank voltage (never below n x min).
+    _, cvl3 = regulate_cvl(state2, own, target_v=55.2, n_cells=16,
+                           max_cell_v=3.47, bank_v=54.3, now_s=2.0)
+    assert 16 * own.min_cell_voltage_v <= cvl3 < 54.3
+    # Released once the cell is 60 mV below the maximum: back to the target.
+    state4, cvl4 = regulate_cvl(state2, own, target_v=55.2, n_cells=16,
+                                max_cell_v=3.38, bank_v=53.0, now_s=3.0)
+    assert not state4.engaged and cvl4 == 55.2
+
+
+def test_regulator_never_above_target_and_gives_up_without_data() -> None:
+    own = config(limits={"mode": "own"}).limits.own
+    state, cvl = regulate_cvl(CvlRegulator(), own, target_v=54.4, n_cells=16,
+                              max_cell_v=3.43, bank_v=54.3, now_s=0.0)
+    assert cvl == 54.4  # V + 0.16 would be above the target
+    assert regulate_cvl(state, own, target_v=54.4, n_cells=16, max_cell_v=None,
+                        bank_v=54.3, now_s=1.0)[1] is None
+    # A bank voltage that does not fit 16 cells (1 V) is not regulated on.
+    assert regulate_cvl(state, own, target_v=54.4, n_cells=16, max_cell_v=3.46,
+                        bank_v=1.0, now_s=1.0)[1] is None
+
+
+def test_engine_regulate_mode_holds_cvl_near_bank_voltage() -> None:
+    cfg = config(limits={"mode": "own"})
+    a = pack("A", cell_list=[3.40] * 15 + [3.46])  # voltage from the cells: 54.46 V
+    res = step(cfg, EngineState(balancing=BalancingState(last_balanced=TODAY)), [a],
+               AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert res.limits.cvl_v is not None
+    assert res.limits.cvl_v < (a.voltage_v or 0.0)  # a cell over max: below the bus
+    assert res.state.cvl_regulator.engaged and res.state.high_cell

@@ -683,6 +683,7 @@ def test_counter_bounds_and_agreement(
             min_current_a=soc.time_to_go_min_current_a,
             now_s=now, current_a=current, installed_ah=inst, bms_soc_pct=bms_soc,
             max_cell_v=max_cell, min_cell_v=min_cell,
+            full_max_current_c=soc.full_reset_max_current_c,
         )
         ref_charge, ref_last = r.charge_ah, r.last_s
         assert state.last_s == now
@@ -783,8 +784,8 @@ def test_interpolate_agrees_and_stays_in_range(table: Table, x: float) -> None:
 
 def test_interpolate_default_table_points() -> None:
     t = OWN_CFG.limits.own.charge_table
-    assert ref.interpolate(t.cell_voltage_v, t.factor, 3.35) == pytest.approx(0.55)
-    assert interpolate(t, 3.35) == pytest.approx(0.55)
+    assert ref.interpolate(t.cell_voltage_v, t.factor, 3.475) == pytest.approx(0.5)
+    assert interpolate(t, 3.475) == pytest.approx(0.5)
     assert interpolate(t, 2.0) == 0.2 and interpolate(t, 4.0) == 0.0
 
 

@@ -14,8 +14,26 @@ When the normal voltage already reaches the balancing voltage, balancing happens
 the date is recorded whenever the bank is at the balancing voltage and balanced.
 A saved date in the future (wall clock stepped back) is replaced by today.
 
-Dynamic CVL: while any cell is at or above ``max_cell_voltage_v``, CVL = the lowest, over
-packs, of sum(min(cell, max_cell_voltage_v)) over the pack's cells, never above the target.
+Dynamic CVL, ``cvl_control: regulate`` (the default): a regulator holds the highest cell at
+``max_cell_voltage_v``.  It engages when the highest cell comes within ``REGULATE_ENGAGE_V`` of
+the maximum and releases when it has fallen ``REGULATE_RELEASE_V`` below it.  While engaged,
+with n cells per pack, e = max_cell_voltage_v - highest cell and V the bank voltage:
+  CVL = min(target, V + REGULATE_GAIN * n * (e - REGULATE_LOOKAHEAD_S * rise) + bias)
+where rise is the highest cell's smoothed rate of rise (only a rise counts): the charger
+follows a new CVL only after the DVCC period and its own lag, so the regulator acts on where
+the cell will be.
+A proportional law on the measured voltage: it cannot wind up, because it is anchored to what
+the bus does now (a charger that is current-limited keeps V low and so the CVL too).  The
+bias integrates REGULATE_KI * n * e per second, clamped to +-n * REGULATE_BIAS_V, to remove
+the steady error a charger's voltage-measurement offset would leave; it only integrates while
+the CVL is below the target (anti-windup).  The gain is below 1 because the charger answers
+with a lag and the DVCC update period: a gain of 1 would chase its own delay and oscillate.
+
+Dynamic CVL, ``cvl_control: upstream`` (the original program's law): while any cell is at or
+above ``max_cell_voltage_v``, CVL = the lowest, over packs, of sum(min(cell,
+max_cell_voltage_v)) over the pack's cells, never above the target.  It snaps back to the
+target as soon as the cell is below the maximum, which makes it oscillate (README, control
+benchmark).
 
 Feed-in: on entering such a high-cell episode, request DC-coupled PV feed-in off (ESS ignores
 CCL while it is on) and remember the owner's value; once the episode is over and the cells
@@ -150,6 +168,80 @@ def dynamic_cvl(
         if v is not None
     ]
     return (min([target_v, *per_pack]), True)
+
+
+REGULATE_ENGAGE_V = 0.03
+REGULATE_RELEASE_V = 0.06
+REGULATE_GAIN = 0.5
+REGULATE_KI = 0.02  # 1/s
+REGULATE_BIAS_V = 0.005  # per cell
+REGULATE_MAX_DT_S = 5.0
+REGULATE_LOOKAHEAD_S = 15.0
+REGULATE_RATE_TAU_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class CvlRegulator:
+    """The regulator's memory: engaged or not, its bias (V, pack level) and its last time."""
+
+    engaged: bool = False
+    bias_v: float = 0.0
+    last_s: float | None = None
+    last_cell_v: float | None = None
+    rise_v_per_s: float = 0.0
+
+
+def regulate_cvl(
+    state: CvlRegulator,
+    cfg: OwnLimitsConfig,
+    *,
+    target_v: float,
+    n_cells: int,
+    max_cell_v: float | None,
+    bank_v: float | None,
+    now_s: float,
+) -> tuple[CvlRegulator, float | None]:
+    """One step of the high-cell CVL regulator (module docstring); returns (state, CVL).
+
+    Without a highest cell or a plausible bank voltage there is nothing to regulate on: it
+    returns None and resets, and the caller falls back to the upstream law, which has
+    conservative estimates for missing data.  The CVL never goes below n x min cell voltage.
+    """
+    vmax = cfg.max_cell_voltage_v
+    vmin = cfg.min_cell_voltage_v
+    if (
+        max_cell_v is None
+        or bank_v is None
+        or n_cells <= 0
+        or not vmin - 0.5 <= bank_v / n_cells <= vmax + 0.5
+    ):
+        # No data, or a bank voltage that does not fit the cell count: nothing to regulate on.
+        return CvlRegulator(), None
+    dt = 0.0
+    if state.last_s is not None:
+        dt = min(max(0.0, now_s - state.last_s), REGULATE_MAX_DT_S)
+    # How fast the highest cell rises (smoothed): the charger needs seconds to follow a new
+    # CVL, so the regulator acts on where the cell will be, not where it is.
+    rise = state.rise_v_per_s
+    if state.last_cell_v is not None and dt > 0.0:
+        alpha = dt / (REGULATE_RATE_TAU_S + dt)
+        rise += alpha * ((max_cell_v - state.last_cell_v) / dt - rise)
+    engaged = state.engaged
+    if not engaged and max_cell_v >= vmax - REGULATE_ENGAGE_V:
+        engaged = True
+    elif engaged and max_cell_v < vmax - REGULATE_RELEASE_V:
+        engaged = False
+    if not engaged:
+        return CvlRegulator(False, 0.0, now_s, max_cell_v, rise), target_v
+    error = vmax - max_cell_v - REGULATE_LOOKAHEAD_S * max(0.0, rise)
+    proportional = bank_v + REGULATE_GAIN * n_cells * error
+    bias = state.bias_v if state.engaged else 0.0
+    if proportional + bias < target_v:
+        limit = REGULATE_BIAS_V * n_cells
+        bias = min(limit, max(-limit, bias + REGULATE_KI * n_cells * error * dt))
+    # Never below the empty bank: a CVL there means nothing more than "stop charging".
+    cvl = min(target_v, max(n_cells * vmin, proportional + bias))
+    return CvlRegulator(True, bias, now_s, max_cell_v, rise), cvl
 
 
 def step_feed_in(

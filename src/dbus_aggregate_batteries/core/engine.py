@@ -33,8 +33,10 @@ from dbus_aggregate_batteries.core.aggregate import Merged, merge_packs
 from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
     BalancingState,
+    CvlRegulator,
     FeedInState,
     dynamic_cvl,
+    regulate_cvl,
     step_balancing,
     step_feed_in,
 )
@@ -76,6 +78,7 @@ class EngineState:
     last_cvl_v: float | None = None
     no_healthy_since_s: float | None = None
     history: HistoryState = field(default_factory=HistoryState)
+    cvl_regulator: CvlRegulator = field(default_factory=CvlRegulator)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,7 @@ def step(
 
     balancing = state.balancing
     feed_in = state.feed_in
+    regulator = state.cvl_regulator
     feed_in_request: int | None = None
     high_cell = False
     latched = state.discharge_latched
@@ -261,6 +265,19 @@ def step(
             cvl, high_cell = dynamic_cvl(
                 [*healthy, *missing], own, target_cell * n_cells, n_cells
             )
+            if own.cvl_control == "regulate":
+                highs = [p.max_cell_v for p in [*healthy, *missing] if p.max_cell_v is not None]
+                regulator, regulated = regulate_cvl(
+                    regulator,
+                    own,
+                    target_v=target_cell * n_cells,
+                    n_cells=n_cells,
+                    max_cell_v=max(highs) if highs else None,
+                    bank_v=merged.voltage_v,
+                    now_s=now_s,
+                )
+                if regulated is not None:
+                    cvl = regulated
         if high_cell != state.high_cell:
             events.append(
                 Event(
@@ -361,6 +378,7 @@ def step(
         last_cvl_v=cvl,
         no_healthy_since_s=no_healthy_since,
         history=history,
+        cvl_regulator=regulator,
     )
     values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
     values.update(history_values(history))

@@ -104,11 +104,15 @@ class Application:
         state_dir: str | Path,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = lambda: datetime.now().date(),
+        clock_rate: float = 1.0,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
         self.name = SERVICE_PREFIX + cfg.publish.service_suffix
         self.clock = clock
+        # Clock seconds per real second: the closed-loop simulator runs the service on a
+        # scaled clock; waits are real, so they are divided by it.
+        self.clock_rate = clock_rate
         self.today = today
         self.state = BusState()
         self.monitor = Monitor(
@@ -463,7 +467,7 @@ class Application:
             while not self.stopping.is_set():
                 delay = deadline - loop_time()
                 if delay > 0:
-                    await asyncio.wait((stop_waiter,), timeout=delay)
+                    await asyncio.wait((stop_waiter,), timeout=delay / self.clock_rate)
                     if self.stopping.is_set():
                         break
                 now = loop_time()

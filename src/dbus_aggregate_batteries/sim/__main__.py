@@ -3,6 +3,11 @@
 Once every service is on the bus it prints one line ``READY <name> <name> ...`` to stdout, so a
 parent process can wait for it instead of polling the bus. Exit status: 0 after a signal, 1 when
 the bus or a name cannot be had, 2 for bad arguments.
+
+``--closed-loop SCENARIO`` runs the closed loop instead (``sim.closedloop_bus``): the scenario's
+packs, a Multi and an MPPT obey the limits of com.victronenergy.battery.aggregate; at the end
+of the scenario (or on a signal) it prints ``RESULT <figures as JSON>`` and exits 0.
+``--record FILE.jsonl`` writes the truth (cells, currents, limits, trips) as JSON lines.
 """
 
 from __future__ import annotations
@@ -67,8 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also publish a Multi, a solar charger and SmartShunts (battery and dcload)",
     )
+    p.add_argument(
+        "--closed-loop",
+        metavar="SCENARIO",
+        help="run a closed-loop scenario (shipped name or YAML file) against the aggregate",
+    )
+    p.add_argument("--record", metavar="FILE", help="closed loop: write the truth as JSON lines")
+    p.add_argument(
+        "--record-every", type=_positive, default=1.0, help="closed loop: simulated s per record"
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
+
+
+async def run_closed_loop(args: argparse.Namespace) -> int:
+    """Run a closed-loop scenario on the bus until it is over or a signal arrives."""
+    # Imported here: the open-loop simulator does not need pydantic scenarios.
+    from dbus_aggregate_batteries.config import ConfigError
+    from dbus_aggregate_batteries.sim.closedloop_bus import BusClosedLoop, figures_json
+    from dbus_aggregate_batteries.sim.scenario import load_scenario
+
+    try:
+        scn = load_scenario(args.closed_loop)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    record = open(args.record, "w", encoding="utf-8") if args.record else None  # noqa: SIM115
+    loop_ = BusClosedLoop(scn, speed=args.speed, record=record, record_every_s=args.record_every)
+    stop = asyncio.Event()
+    aio = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        aio.add_signal_handler(signum, stop.set)
+    try:
+        try:
+            await loop_.start(args.bus)
+        except Exception as exc:
+            log.error("cannot start the closed loop on %s: %s", args.bus, exc)
+            await loop_.stop()
+            return 1
+        print("READY " + " ".join(loop_.service_names), flush=True)
+        try:
+            figures = await loop_.run(stop)
+        finally:
+            await loop_.stop()
+        print("RESULT " + figures_json(figures), flush=True)
+    finally:
+        if record is not None:
+            record.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            aio.remove_signal_handler(signum)
+    return 0
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -118,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args))
+        return asyncio.run(run_closed_loop(args) if args.closed_loop else run(args))
     return 0
 
 
