@@ -42,6 +42,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cell_diff_max_v": 0.025,
         "soc_full_cell_voltage_v": 3.45,
         "soc_empty_cell_voltage_v": 2.90,
+        # No charge at or below 0 °C, reduced up to 10 °C, full to 45 °C, none from 55 °C;
+        # discharge from -20 °C to 60 °C (typical LFP datasheet windows).
+        "charge_temperature_table": {
+            "temperature_c": [0.0, 1.0, 10.0, 45.0, 55.0],
+            "factor": [0.0, 0.2, 1.0, 1.0, 0.0],
+        },
+        "discharge_temperature_table": {
+            "temperature_c": [-20.0, -10.0, 0.0, 50.0, 60.0],
+            "factor": [0.0, 0.3, 1.0, 1.0, 0.0],
+        },
     },
     "lto": {
         "max_cell_voltage_v": 2.60,
@@ -54,6 +64,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cell_diff_max_v": 0.025,
         "soc_full_cell_voltage_v": 2.50,
         "soc_empty_cell_voltage_v": 1.90,
+        # LTO charges well below freezing: none at or below -30 °C, full from -20 °C.
+        "charge_temperature_table": {
+            "temperature_c": [-30.0, -20.0, 45.0, 55.0],
+            "factor": [0.0, 1.0, 1.0, 0.0],
+        },
+        "discharge_temperature_table": {
+            "temperature_c": [-40.0, -30.0, 55.0, 65.0],
+            "factor": [0.0, 1.0, 1.0, 0.0],
+        },
     },
 }
 
@@ -227,11 +246,63 @@ class Table(_Base):
         return ys
 
 
+class TemperatureTable(_Base):
+    """A piecewise-linear current factor table over a temperature."""
+
+    temperature_c: list[float] = Field(min_length=2, max_length=20)
+    factor: list[float] = Field(min_length=2, max_length=20)
+
+    @field_validator("temperature_c")
+    @classmethod
+    def _temperatures(cls, xs: list[float]) -> list[float]:
+        for index, x in enumerate(xs):
+            if not math.isfinite(x) or not -50.0 <= x <= 120.0:
+                raise ValueError(f"item {index}: entries must be within -50..120 °C")
+        for index, (a, b) in enumerate(pairwise(xs)):
+            if b <= a:
+                raise ValueError(
+                    f"must be strictly ascending (item {index + 1}: {b:g} after {a:g})"
+                )
+        return xs
+
+    @field_validator("factor")
+    @classmethod
+    def _factors(cls, ys: list[float], info: ValidationInfo) -> list[float]:
+        for index, y in enumerate(ys):
+            if not math.isfinite(y) or not 0.0 <= y <= 1.0:
+                raise ValueError(f"item {index}: entries must be within 0..1")
+        xs = info.data.get("temperature_c")
+        if xs is not None and len(xs) != len(ys):
+            raise ValueError(
+                f"has {len(ys)} entries but temperature_c has {len(xs)}; they must match"
+            )
+        return ys
+
+
+class TemperatureConfig(_Base):
+    """Current derating over the lowest and highest pack/cell temperature."""
+
+    own: bool = True
+    bms_cap: bool = False
+    charge_table: TemperatureTable
+    discharge_table: TemperatureTable
+
+
+class ShareConfig(_Base):
+    """The ``share`` currents rule: bank limit from each pack's measured share of the current."""
+
+    min_current_a: float = Field(5.0, ge=0.1, le=1000.0)
+    smoothing_s: float = Field(30.0, ge=0.0, le=3600.0)
+    unmeasured_margin: float = Field(0.5, ge=0.0, le=10.0)
+    headroom: float = Field(0.05, ge=0.0, le=0.5)
+    anticipate_s: float = Field(5.0, ge=0.0, le=120.0)
+
+
 class BmsLimitsConfig(_Base):
     """Limits merged from the packs' own /Info/* values."""
 
     cvl: Literal["min", "float_aware"] = "min"
-    currents: Literal["min_times_n", "sum"] = "min_times_n"
+    currents: Literal["min_times_n", "sum", "share"] = "min_times_n"
 
 
 class OwnLimitsConfig(_Base):
@@ -251,6 +322,7 @@ class OwnLimitsConfig(_Base):
     discharge_table: Table
     disable_feed_in_on_high_cell: bool = True
     cvl_control: Literal["regulate", "upstream"] = "regulate"
+    pack_limits: Literal["ignore", "share"] = "ignore"
 
     @field_validator("charge_cell_voltage_v", mode="before")
     @classmethod
@@ -315,6 +387,8 @@ class LimitsConfig(_Base):
     max_discharge_current_a: float | None = Field(None, gt=0.0, le=10000.0)
     bms: BmsLimitsConfig = Field(default_factory=BmsLimitsConfig)
     own: OwnLimitsConfig
+    share: ShareConfig = Field(default_factory=ShareConfig)
+    temperature: TemperatureConfig
 
 
 class PublishConfig(_Base):
@@ -330,6 +404,7 @@ class PublishConfig(_Base):
     # Per tick one ItemsChanged on / (velib's batched update); true also sends a
     # PropertiesChanged per changed path, for consumers older than Venus OS v3.0.
     properties_changed: bool = False
+    mode: Literal["control", "shadow"] = "control"
 
     @field_validator("custom_name")
     @classmethod
@@ -490,10 +565,9 @@ def _empty_sections(data: Mapping[str, Any]) -> dict[str, Any]:
         if key in out and out[key] is None:
             out[key] = {}
     limits = out.get("limits")
-    if isinstance(limits, Mapping) and any(limits.get(k, 0) is None for k in ("bms", "own")):
-        out["limits"] = {
-            k: ({} if k in ("bms", "own") and v is None else v) for k, v in limits.items()
-        }
+    subs = ("bms", "own", "share", "temperature")
+    if isinstance(limits, Mapping) and any(limits.get(k, 0) is None for k in subs):
+        out["limits"] = {k: ({} if k in subs and v is None else v) for k, v in limits.items()}
     return out
 
 
@@ -547,6 +621,13 @@ def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
                 "factor": [0.0, 0.05, 1.0],
             }
         limits["own"] = own
+    temperature = limits.get("temperature", {})
+    if isinstance(temperature, Mapping):
+        temperature = dict(temperature)
+        for key in ("charge_table", "discharge_table"):
+            table = preset[key.replace("_table", "_temperature_table")]
+            temperature.setdefault(key, {k: list(v) for k, v in table.items()})
+        limits["temperature"] = temperature
     soc.setdefault("full_cell_voltage_v", preset["soc_full_cell_voltage_v"])
     soc.setdefault("empty_cell_voltage_v", preset["soc_empty_cell_voltage_v"])
     out["limits"] = limits
@@ -568,8 +649,9 @@ _OWN_PRESET_KEYS = (
     "cell_diff_max_v",
 )
 _PRESET_FILLED: frozenset[tuple[str, ...]] = frozenset(
-    {("soc",), ("limits",), ("limits", "own")}
+    {("soc",), ("limits",), ("limits", "own"), ("limits", "temperature")}
     | {("soc", "full_cell_voltage_v"), ("soc", "empty_cell_voltage_v")}
+    | {("limits", "temperature", "charge_table"), ("limits", "temperature", "discharge_table")}
     | {("limits", "own", key) for key in (*_OWN_PRESET_KEYS, "charge_table", "discharge_table")}
 )
 _TABLE_SOURCES: dict[str, tuple[str, ...]] = {

@@ -211,10 +211,15 @@ def packs_st(
 
 
 @st.composite
-def configs(draw: st.DrawFn, mode: str | None = None, policy: str | None = None) -> Config:
-    """Valid configurations over the options the core's limits depend on."""
+def configs(
+    draw: st.DrawFn, mode: str | None = None, policy: str | None = None, stateful: bool = True
+) -> Config:
+    """Valid configurations over the options the core's limits depend on (``stateful``: also
+    the share rule, whose limits depend on what earlier ticks measured)."""
     mode = mode or draw(st.sampled_from(["bms", "own"]))
     limits: dict[str, Any] = {"mode": mode}
+    limits["temperature"] = {"own": draw(st.booleans()), "bms_cap": draw(st.booleans())}
+    rules = ["min_times_n", "sum", "share"] if stateful else ["min_times_n", "sum"]
     if draw(st.booleans()):
         limits["max_charge_current_a"] = draw(st.floats(1.0, 1000.0))
     if draw(st.booleans()):
@@ -222,7 +227,7 @@ def configs(draw: st.DrawFn, mode: str | None = None, policy: str | None = None)
     if mode == "bms":
         limits["bms"] = {
             "cvl": draw(st.sampled_from(["min", "float_aware"])),
-            "currents": draw(st.sampled_from(["min_times_n", "sum"])),
+            "currents": draw(st.sampled_from(rules)),
         }
     else:
         limits["own"] = {
@@ -230,6 +235,7 @@ def configs(draw: st.DrawFn, mode: str | None = None, policy: str | None = None)
             "max_discharge_current_a": draw(st.floats(1.0, 500.0)),
             "balancing_repetition_days": draw(st.integers(1, 365)),
             "disable_feed_in_on_high_cell": draw(st.booleans()),
+            "pack_limits": draw(st.sampled_from(["ignore", "share"] if stateful else ["ignore"])),
         }
     data: dict[str, Any] = {
         "chemistry": draw(st.sampled_from(["lfp", "lto"])),
@@ -456,7 +462,8 @@ moved_st = st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=True)
 
 
 @settings(BASE, max_examples=150)
-@given(cfg=configs(mode="bms", policy="derate"), packs=packs_st(min_packs=2), moved=moved_st,
+@given(cfg=configs(mode="bms", policy="derate", stateful=False), packs=packs_st(min_packs=2),
+       moved=moved_st,
        today=dates_st)
 def test_degraded_bms_never_raises_limits(
     cfg: Config, packs: list[PackSnapshot], moved: list[int], today: date
@@ -470,7 +477,8 @@ def test_degraded_bms_never_raises_limits(
 
 
 @settings(BASE, max_examples=150)
-@given(cfg=configs(mode="own", policy="derate"), packs=packs_st(min_packs=2), moved=moved_st,
+@given(cfg=configs(mode="own", policy="derate", stateful=False), packs=packs_st(min_packs=2),
+       moved=moved_st,
        today=dates_st)
 def test_degraded_own_never_raises_limits(
     cfg: Config, packs: list[PackSnapshot], moved: list[int], today: date
@@ -491,6 +499,8 @@ def _plain_pack(name: str, n: int, cell_v: float, **kw: Any) -> PackSnapshot:
         label=name,
         voltage_v=sum(cells),
         current_a=0.0,
+        # Own mode derates by temperature and treats "no temperature at all" as the worst.
+        temperature_c=25.0,
         soc_pct=50.0,
         installed_capacity_ah=280.0,
         max_cell_v=max(cells),

@@ -55,7 +55,24 @@ from dbus_aggregate_batteries.core.limits import (
     update_discharge_latch,
 )
 from dbus_aggregate_batteries.core.model import AuxSnapshot, Event, PackSnapshot, Severity
+from dbus_aggregate_batteries.core.reasons import (
+    CCL_REASON_PATH,
+    CVL_REASON_PATH,
+    DCL_REASON_PATH,
+    Reason,
+    Reasons,
+    block_reason,
+    bms_current_reason,
+    bms_cvl_reason,
+    derated,
+    own_current_reasons,
+    own_cvl_reason,
+    reason_events,
+    tighter,
+)
+from dbus_aggregate_batteries.core.share import ShareState, step_share
 from dbus_aggregate_batteries.core.soc import CounterState, SocOutput, step_counter
+from dbus_aggregate_batteries.core.temperature import apply_derating, bank_temperatures
 from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
@@ -79,6 +96,8 @@ class EngineState:
     no_healthy_since_s: float | None = None
     history: HistoryState = field(default_factory=HistoryState)
     cvl_regulator: CvlRegulator = field(default_factory=CvlRegulator)
+    share: ShareState = field(default_factory=ShareState)
+    reasons: Reasons = field(default_factory=Reasons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,7 @@ class StepResult:
     merged: Merged
     events: tuple[Event, ...]
     feed_in_request: int | None = None
+    reasons: Reasons = field(default_factory=Reasons)
 
 
 def _finite(value: float | None) -> float | None:
@@ -157,6 +177,29 @@ def _derated_bms_limits(
     ccl = min([limits.ccl_a, *(c * n for c in ccls)]) if n else 0.0
     dcl = min([limits.dcl_a, *(d * m for d in dcls)]) if m else 0.0
     return CurrentLimits(ccl, dcl), events
+
+
+def _temperature_limits(
+    cfg: Config,
+    packs: Sequence[PackSnapshot],
+    currents: CurrentLimits,
+    ccl_reason: Reason,
+    dcl_reason: Reason,
+    base: tuple[float, float],
+) -> tuple[CurrentLimits, Reason, Reason]:
+    (ccl, ccl_reason), (dcl, dcl_reason) = apply_derating(
+        cfg.limits.temperature, packs, (currents.ccl_a, ccl_reason),
+        (currents.dcl_a, dcl_reason), base,
+    )
+    return CurrentLimits(ccl, dcl), ccl_reason, dcl_reason
+
+
+def _temperature_alarm(cfg: Config, packs: Sequence[PackSnapshot]) -> int | None:
+    # Only while temperature derating is in use; invalid (hidden in the GUI) otherwise.
+    t = cfg.limits.temperature
+    if not (t.own if cfg.limits.mode == "own" else t.bms_cap):
+        return None
+    return 2 if bank_temperatures(packs) is None else 0
 
 
 def step(
@@ -236,6 +279,7 @@ def step(
     balancing = state.balancing
     feed_in = state.feed_in
     regulator = state.cvl_regulator
+    share_state = state.share
     feed_in_request: int | None = None
     high_cell = False
     latched = state.discharge_latched
@@ -288,6 +332,10 @@ def step(
                     else "no cell above the maximum any more",
                 )
             )
+        cvl_reason = own_cvl_reason(
+            balancing.phase is not BalancePhase.IDLE, target_cell, n_cells, high_cell,
+            [*healthy, *missing],
+        )
         feed_in, feed_in_request, ev = step_feed_in(
             feed_in,
             enabled=own.disable_feed_in_on_high_cell,
@@ -313,10 +361,30 @@ def step(
             discharge_latched=latched,
         )
         events.extend(ev)
+        ccl_reason, dcl_reason = own_current_reasons(
+            own, [*healthy, *missing], max_cell, min_cell, latched
+        )
+        if cfg.limits.temperature.own:
+            currents, ccl_reason, dcl_reason = _temperature_limits(
+                cfg, [*healthy, *missing], currents, ccl_reason, dcl_reason,
+                (own.max_charge_current_a, own.max_discharge_current_a),
+            )
+        if own.pack_limits == "share":
+            share_state, shared = step_share(
+                share_state, cfg.limits.share, healthy, missing, now_s=now_s
+            )
+            ccl, dcl = currents.ccl_a, currents.dcl_a
+            if shared.ccl_a is not None:
+                ccl, ccl_reason = tighter(ccl, ccl_reason, shared.ccl_a, shared.ccl_reason)
+            if shared.dcl_a is not None:
+                dcl, dcl_reason = tighter(dcl, dcl_reason, shared.dcl_a, shared.dcl_reason)
+            currents = CurrentLimits(ccl, dcl)
         own_share = currents.dcl_a / expected if expected else 0.0
         if degraded and expected:
             scale = len(healthy) / expected
             currents = CurrentLimits(currents.ccl_a * scale, currents.dcl_a * scale)
+            ccl_reason = derated(ccl_reason, len(healthy), expected)
+            dcl_reason = derated(dcl_reason, len(healthy), expected)
         low_voltage = own.min_cell_voltage_v * n_cells if n_cells else None
     else:
         cvl = bms_cvl(cfg.limits.bms, healthy)
@@ -324,19 +392,49 @@ def step(
         missing_cvls = [p.cvl_v for p in missing if p.cvl_v is not None]
         if missing_cvls:
             cvl = min([*missing_cvls, *([cvl] if cvl is not None else [])])
+        cvl_reason = bms_cvl_reason(healthy, missing, cvl)
         own_share = 0.0
-        currents, ev = _derated_bms_limits(cfg, healthy, missing)
-        events.extend(ev)
+        if cfg.limits.bms.currents == "share":
+            share_state, shared = step_share(
+                share_state, cfg.limits.share, healthy, missing, now_s=now_s
+            )
+            currents = CurrentLimits(shared.ccl_a or 0.0, shared.dcl_a or 0.0)
+            ccl_reason, dcl_reason = shared.ccl_reason, shared.dcl_reason
+        else:
+            currents, ev = _derated_bms_limits(cfg, healthy, missing)
+            events.extend(ev)
+            ccl_reason = bms_current_reason(
+                cfg.limits.bms.currents, healthy, missing, "charge", currents.ccl_a
+            )
+            dcl_reason = bms_current_reason(
+                cfg.limits.bms.currents, healthy, missing, "discharge", currents.dcl_a
+            )
+        blocked = block_reason(healthy, "charge")
+        if blocked is not None:
+            currents, ccl_reason = CurrentLimits(0.0, currents.dcl_a), blocked
+        blocked = block_reason(healthy, "discharge")
+        if blocked is not None:
+            currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
+        if cfg.limits.temperature.bms_cap:
+            currents, ccl_reason, dcl_reason = _temperature_limits(
+                cfg, [*healthy, *missing], currents, ccl_reason, dcl_reason,
+                (currents.ccl_a, currents.dcl_a),
+            )
         lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
         low_voltage = max(lows) if lows else None
 
     # A block known from a missing pack's last values still holds: it may be connected.
-    if any(p.blocks_charge for p in missing):
-        currents = CurrentLimits(0.0, currents.dcl_a)
-    if any(p.blocks_discharge for p in missing):
-        currents = CurrentLimits(currents.ccl_a, 0.0)
+    blocked = block_reason(missing, "charge", missing=True)
+    if blocked is not None:
+        currents, ccl_reason = CurrentLimits(0.0, currents.dcl_a), blocked
+    blocked = block_reason(missing, "discharge", missing=True)
+    if blocked is not None:
+        currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
     if degraded and cfg.fault.policy == "zero":
         currents = CurrentLimits(0.0, 0.0)
+        ccl_reason = dcl_reason = Reason(
+            "policy-zero", f"{len(healthy)} of {expected} packs healthy (policy zero)"
+        )
     no_healthy_since = None
     if not healthy:
         no_healthy_since = state.no_healthy_since_s
@@ -356,17 +454,40 @@ def step(
                 if cfg.limits.mode == "own":
                     dcl_grace = min(dcl_grace, own_share)
         currents = CurrentLimits(0.0, dcl_grace)
+        ccl_reason = Reason("no-healthy", "no healthy pack")
+        dcl_reason = (
+            Reason("grace", f"no healthy pack: one pack's last DCL for {cfg.fault.grace_s:g} s")
+            if dcl_grace > 0.0
+            else Reason("no-healthy", "no healthy pack")
+        )
     cap_c, cap_d = cfg.limits.max_charge_current_a, cfg.limits.max_discharge_current_a
-    currents = CurrentLimits(
-        min(currents.ccl_a, cap_c) if cap_c is not None else currents.ccl_a,
-        min(currents.dcl_a, cap_d) if cap_d is not None else currents.dcl_a,
-    )
+    ccl_a, dcl_a = currents.ccl_a, currents.dcl_a
+    if cap_c is not None:
+        ccl_a, ccl_reason = tighter(
+            ccl_a, ccl_reason, cap_c, Reason("cap", f"limits.max_charge_current_a {cap_c:g} A")
+        )
+    if cap_d is not None:
+        dcl_a, dcl_reason = tighter(
+            dcl_a, dcl_reason, cap_d, Reason("cap", f"limits.max_discharge_current_a {cap_d:g} A")
+        )
+    currents = CurrentLimits(ccl_a, dcl_a)
     cvl = _finite(cvl)
     if cvl is None:
-        cvl = NO_DATA_CVL_V if state.last_cvl_v is None else state.last_cvl_v
+        if state.last_cvl_v is None:
+            cvl = NO_DATA_CVL_V
+            cvl_reason = Reason("cvl-none", f"no CVL known yet: {NO_DATA_CVL_V:g} V")
+        else:
+            cvl = state.last_cvl_v
+            cvl_reason = Reason("cvl-held", f"held at {cvl:.2f} V ({cvl_reason.text})")
     elif not healthy and state.last_cvl_v is not None:
         cvl = min(cvl, state.last_cvl_v)  # nothing live to follow: hold, never raise
+        cvl_reason = Reason("cvl-held", f"held at {cvl:.2f} V (no healthy pack)")
     limits = Limits(cvl, _finite(currents.ccl_a) or 0.0, _finite(currents.dcl_a) or 0.0)
+    reasons = Reasons(cvl_reason, ccl_reason, dcl_reason)
+    events.extend(reason_events(state.reasons, reasons))
+    if cfg.publish.mode == "shadow":
+        # Shadow mode controls nothing: the owner's feed-in setting is never written.
+        feed_in, feed_in_request = state.feed_in, None
 
     new_state = EngineState(
         counter=counter,
@@ -379,6 +500,8 @@ def step(
         no_healthy_since_s=no_healthy_since,
         history=history,
         cvl_regulator=regulator,
+        share=share_state,
+        reasons=reasons,
     )
     values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
     values.update(history_values(history))
@@ -388,12 +511,19 @@ def step(
         alarms[BMS_CABLE_INDEX] = max(alarms[BMS_CABLE_INDEX] or 0, level)
     for path, alarm in zip(ALARM_PATHS, alarms, strict=True):
         values[path] = alarm
+    shadow = cfg.publish.mode == "shadow"
     values.update(
         {
-            "/Info/MaxChargeVoltage": limits.cvl_v,
-            "/Info/MaxChargeCurrent": limits.ccl_a,
-            "/Info/MaxDischargeCurrent": limits.dcl_a,
-            "/Info/BatteryLowVoltage": low_voltage,
+            # Shadow mode: without a valid /Info/MaxChargeVoltage systemcalc never takes this
+            # service as a BMS; the limits it would set go to /Shadow/* instead.
+            "/Info/MaxChargeVoltage": None if shadow else limits.cvl_v,
+            "/Info/MaxChargeCurrent": None if shadow else limits.ccl_a,
+            "/Info/MaxDischargeCurrent": None if shadow else limits.dcl_a,
+            "/Info/BatteryLowVoltage": None if shadow else low_voltage,
+            CVL_REASON_PATH: reasons.cvl.text,
+            CCL_REASON_PATH: reasons.ccl.text,
+            DCL_REASON_PATH: reasons.dcl.text,
+            "/Alarms/BatteryTemperatureSensor": _temperature_alarm(cfg, [*healthy, *missing]),
             "/Info/ChargeMode": _charge_mode(cfg, healthy, new_state),
             "/Io/AllowToCharge": 0 if limits.ccl_a <= 0.0 else (merged.allow_to_charge or 1),
             "/Io/AllowToDischarge": 0 if limits.dcl_a <= 0.0 else (merged.allow_to_discharge or 1),
@@ -404,6 +534,15 @@ def step(
             "/System/NrOfModulesOffline": expected - len(healthy),
         }
     )
+    if shadow:
+        values.update(
+            {
+                "/Shadow/MaxChargeVoltage": limits.cvl_v,
+                "/Shadow/MaxChargeCurrent": limits.ccl_a,
+                "/Shadow/MaxDischargeCurrent": limits.dcl_a,
+                "/Shadow/BatteryLowVoltage": low_voltage,
+            }
+        )
     return StepResult(
         state=new_state,
         values=values,
@@ -411,6 +550,7 @@ def step(
         merged=merged,
         events=tuple(events),
         feed_in_request=feed_in_request,
+        reasons=reasons,
     )
 
 
