@@ -26,6 +26,7 @@ from dbus_aggregate_batteries.shell.app import Application
 from dbus_aggregate_batteries.sim.model import PackSpec, default_pack_specs, sine_profile
 from dbus_aggregate_batteries.sim.privatebus import private_bus
 from dbus_aggregate_batteries.sim.services import SimBank
+from dbus_aggregate_batteries.status import limit_lines
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,12 @@ async def _demo(batteries: int, duration_s: float | None, cfg: Config, workdir: 
                          await _read(client, name))
                     for name in bank.pack_names
                 ]
-                rows.append(_row("aggregate", await _read(client, AGGREGATE)))
-                footer = (
-                    f"simulated time x{SPEED:g}; Ctrl-C stops; log {workdir / 'demo.log'}"
-                )
+                aggregate = await _read(client, AGGREGATE)
+                rows.append(_row("aggregate", aggregate))
+                footer = "\n".join([
+                    *limit_lines(aggregate),
+                    f"simulated time x{SPEED:g}; Ctrl-C stops; log {workdir / 'demo.log'}",
+                ])
                 view = _render(rows, footer)
                 if live is not None:
                     live.update(view, refresh=True)

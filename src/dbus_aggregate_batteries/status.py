@@ -22,12 +22,32 @@ async def _status(bus_spec: str, service: str) -> int:
     finally:
         await _dbus.disconnect(bus)
     items = reply[0]
+    for line in limit_lines({path: _dbus.unwrap(item["Value"]) for path, item in items.items()}):
+        print(line)
+    print("-" * 40)
     width = max((len(p) for p in items), default=0)
     for path in sorted(items):
         value = _dbus.unwrap(items[path]["Value"])
         text = _dbus.unwrap(items[path]["Text"])
         print(f"{path:<{width}}  {value!r:<24}  {text}")
     return 0
+
+
+def limit_lines(values: dict[str, object]) -> list[str]:
+    """The three limits with the reason for each (the would-be limits in shadow mode)."""
+    shadow = "/Shadow/MaxChargeVoltage" in values
+    base = "/Shadow/" if shadow else "/Info/"
+    rows = [
+        ("CVL", values.get(base + "MaxChargeVoltage"), "V", values.get("/Info/ChargeModeDebug")),
+        ("CCL", values.get(base + "MaxChargeCurrent"), "A", values.get("/Info/ChargeLimitation")),
+        ("DCL", values.get(base + "MaxDischargeCurrent"), "A",
+         values.get("/Info/DischargeLimitation")),
+    ]
+    lines = ["SHADOW MODE: these limits are NOT offered to DVCC"] if shadow else []
+    for name, value, unit, why in rows:
+        shown = f"{value:.2f} {unit}" if isinstance(value, (int, float)) else "---"
+        lines.append(f"{name} {shown:>10}  {why or ''}")
+    return lines
 
 
 def show_status(*, bus: str, service: str) -> int:

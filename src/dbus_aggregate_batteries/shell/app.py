@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from dbus_aggregate_batteries.core.model import (
     AuxSnapshot,
     DeviceCurrent,
     Event,
+    PackSnapshot,
     Severity,
     device_current,
 )
@@ -189,6 +190,11 @@ class Application:
             self.name, result.merged.count,
             result.limits.cvl_v, result.limits.ccl_a, result.limits.dcl_a,
         )
+        if self.cfg.publish.mode == "shadow":
+            log.warning(
+                "shadow mode: no limits are offered to DVCC (/Info/MaxCharge* invalid) and no "
+                "setting is written; the limits it would set are on /Shadow/*"
+            )
 
     async def _load_identity(self) -> None:
         """DeviceInstance and CustomName from localsettings (the instance may be bumped)."""
@@ -352,7 +358,7 @@ class Application:
                 self.counters.items_changed_signals += 1
         self.counters.ticks += 1
         self._persist_if_due(now, result)
-        self._summary_if_due(now, result, len(healthy), len(healthy) + len(missing))
+        self._summary_if_due(now, result, len(healthy), len(healthy) + len(missing), healthy)
         self._last_tick_done = self.clock()
         return result
 
@@ -431,22 +437,34 @@ class Application:
 
     # ------------------------------------------------------------------ logging
 
-    def _summary_if_due(self, now: float, result: StepResult, healthy: int, known: int) -> None:
+    def _summary_if_due(
+        self, now: float, result: StepResult, healthy: int, known: int,
+        packs: Sequence[PackSnapshot] = (),
+    ) -> None:
         interval = self.cfg.service.summary_interval_s
         if interval <= 0 or now - self._last_summary < interval:
             return
         self._last_summary = now
         v = result.values
+        shadow = self.cfg.publish.mode == "shadow"
         log.info(
-            "packs %d/%d healthy | %s V %s A SoC %s %% | CVL %s V CCL %.1f A DCL %.1f A | "
+            "packs %d/%d healthy | %s V %s A SoC %s %% | %sCVL %s V CCL %.1f A DCL %.1f A | "
             "cells %s..%s V | bad values %d, missed ticks %d, tick failures %d",
             healthy, max(known, self.cfg.discovery.expected_count),
             _fmt(v.get("/Dc/0/Voltage"), 2), _fmt(v.get("/Dc/0/Current"), 1),
-            _fmt(v.get("/Soc"), 1), _fmt(result.limits.cvl_v, 2), result.limits.ccl_a,
+            _fmt(v.get("/Soc"), 1), "SHADOW, would set " if shadow else "",
+            _fmt(result.limits.cvl_v, 2), result.limits.ccl_a,
             result.limits.dcl_a, _fmt(v.get("/System/MinCellVoltage"), 3),
             _fmt(v.get("/System/MaxCellVoltage"), 3), self.counters.bad_values,
             self.counters.missed_ticks, self.counters.tick_failures,
         )
+        r = result.reasons
+        log.info("why: CVL %s | CCL %s | DCL %s", r.cvl.text, r.ccl.text, r.dcl.text)
+        if shadow:
+            log.info("packs' own BMS limits: %s", "; ".join(
+                f"{p.label} CVL {_fmt(p.cvl_v, 2)} V CCL {_fmt(p.ccl_a, 1)} A "
+                f"DCL {_fmt(p.dcl_a, 1)} A" for p in packs
+            ) or "none")
 
     # ------------------------------------------------------------------ main loop
 
