@@ -294,15 +294,16 @@ class ShareConfig(_Base):
     min_current_a: float = Field(5.0, ge=0.1, le=1000.0)
     smoothing_s: float = Field(30.0, ge=0.0, le=3600.0)
     unmeasured_margin: float = Field(0.5, ge=0.0, le=10.0)
-    headroom: float = Field(0.05, ge=0.0, le=0.5)
-    anticipate_s: float = Field(5.0, ge=0.0, le=120.0)
+    headroom: float = Field(0.1, ge=0.0, le=0.5)
+    anticipate_s: float = Field(15.0, ge=0.0, le=120.0)
+    rise_s: float = Field(5.0, ge=0.0, le=600.0)
 
 
 class BmsLimitsConfig(_Base):
     """Limits merged from the packs' own /Info/* values."""
 
     cvl: Literal["min", "float_aware"] = "min"
-    currents: Literal["min_times_n", "sum", "share"] = "min_times_n"
+    currents: Literal["min_times_n", "sum", "share"] = "share"
 
 
 class OwnLimitsConfig(_Base):
@@ -322,7 +323,7 @@ class OwnLimitsConfig(_Base):
     discharge_table: Table
     disable_feed_in_on_high_cell: bool = True
     cvl_control: Literal["regulate", "upstream"] = "regulate"
-    pack_limits: Literal["ignore", "share"] = "ignore"
+    pack_limits: Literal["ignore", "share"] = "share"
 
     @field_validator("charge_cell_voltage_v", mode="before")
     @classmethod

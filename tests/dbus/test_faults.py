@@ -62,7 +62,9 @@ async def tick_until(app: Application, pred: Callable[[], bool], timeout: float 
 async def test_pack_vanishes_and_returns_twice(
     sim3: SimBank, make_bus: MakeBus, tmp_path: Path
 ) -> None:
-    app = await start_app(make_bus, tmp_path)
+    # min x N: stateless, so the limits are back in the tick the pack is (the share rule
+    # would raise them smoothly over seconds).
+    app = await start_app(make_bus, tmp_path, limits={"bms": {"currents": "min_times_n"}})
     client = await make_bus()
     try:
         normal = app.tick().limits

@@ -363,7 +363,8 @@ def test_discharge_latch_hysteresis() -> None:
 def test_bms_limits_min_times_n_and_sum() -> None:
     packs = [pack("A", ccl_a=100.0, dcl_a=80.0), pack("B", ccl_a=60.0, dcl_a=None),
              pack("C", ccl_a=90.0, dcl_a=120.0)]
-    limits, _ = bms_current_limits(config().limits.bms, packs)
+    cfg_min = config(limits={"bms": {"currents": "min_times_n"}}).limits.bms
+    limits, _ = bms_current_limits(cfg_min, packs)
     assert limits.ccl_a == pytest.approx(60 * 3)
     assert limits.dcl_a == pytest.approx(80 * 2)  # only packs that report a DCL
     cfg = config(limits={"bms": {"currents": "sum"}}).limits.bms
@@ -495,7 +496,7 @@ def _all_finite(values: dict[str, object]) -> bool:
 
 
 def test_step_bms_mode_publishes_every_path() -> None:
-    cfg = config()
+    cfg = config(limits={"bms": {"currents": "min_times_n"}})
     packs = [pack("A", ccl_a=100.0), pack("B", ccl_a=80.0)]
     res = step(cfg, EngineState(), packs, AuxSnapshot(), now_s=1.0, today=TODAY)
     v = res.values
@@ -513,7 +514,8 @@ def test_step_bms_mode_publishes_every_path() -> None:
 
 
 def test_step_own_mode_lto_preset() -> None:
-    cfg = config(chemistry="lto", limits={"mode": "own"}, soc={"source": "own"})
+    cfg = config(chemistry="lto", limits={"mode": "own", "own": {"pack_limits": "ignore"}},
+                 soc={"source": "own"})
     cells = [2.40] * 24
     packs = [pack("A", cell_list=cells, soc_pct=60.0), pack("B", cell_list=cells, soc_pct=40.0)]
     st = EngineState(balancing=BalancingState(last_balanced=TODAY))
@@ -542,7 +544,7 @@ def test_step_own_mode_high_cell_requests_feed_in_off() -> None:
 
 
 def test_step_degraded_derates_and_never_raises_limits() -> None:
-    cfg = config(discovery={"expected_count": 3})
+    cfg = config(discovery={"expected_count": 3}, limits={"bms": {"currents": "min_times_n"}})
     a, b, c = pack("A", ccl_a=10.0), pack("B", ccl_a=100.0), pack("C", ccl_a=100.0)
     full = step(cfg, EngineState(), [a, b, c], AuxSnapshot(), now_s=1.0, today=TODAY)
     assert full.limits.ccl_a == pytest.approx(30.0)

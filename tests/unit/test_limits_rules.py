@@ -13,11 +13,15 @@ from dbus_aggregate_batteries.config import ConfigError, parse_config
 from dbus_aggregate_batteries.core.engine import EngineState, step
 from dbus_aggregate_batteries.core.model import AuxSnapshot, PackSnapshot
 from dbus_aggregate_batteries.core.reasons import Reason, Reasons, reason_events
-from dbus_aggregate_batteries.core.share import ShareState, step_share
+from dbus_aggregate_batteries.core.share import ShareState, fall_rate, step_share
 from dbus_aggregate_batteries.core.temperature import bank_temperatures, derate, factor_at
 
 TODAY = date(2026, 6, 15)
-SHARE = config(limits={"share": {"headroom": 0.0, "anticipate_s": 0.0}}).limits.share
+SHARE = config(
+    limits={"share": {"headroom": 0.0, "anticipate_s": 0.0, "rise_s": 0.0}}
+).limits.share
+OWN: dict[str, Any] = {"mode": "own", "own": {"pack_limits": "ignore"}}
+MIN_N: dict[str, Any] = {"bms": {"currents": "min_times_n"}}
 
 
 def three(currents: tuple[float | None, ...], **kw: Any) -> list[PackSnapshot]:
@@ -38,9 +42,9 @@ def test_share_limit_is_the_largest_current_no_pack_exceeds() -> None:
 
 
 def test_share_headroom_takes_its_fraction_off() -> None:
-    cfg = config(limits={"share": {"headroom": 0.05, "anticipate_s": 0.0}}).limits.share
+    cfg = config(limits={"share": {"anticipate_s": 0.0}}).limits.share
     _, lim = step_share(ShareState(), cfg, three((40.0, 35.0, 25.0)), now_s=0.0)
-    assert lim.ccl_a == pytest.approx(250.0 * 0.95)
+    assert lim.ccl_a == pytest.approx(250.0 * 0.9)  # default headroom 10 %
 
 
 def test_share_with_equal_split_equals_min_times_n() -> None:
@@ -115,19 +119,54 @@ def test_share_joining_pack_is_assumed() -> None:
     assert lim.ccl_reason.text == "C CCL 80 A at 50 % share (assumed)"
 
 
-def test_share_anticipates_a_falling_pack_limit() -> None:
-    cfg = config(limits={"share": {"headroom": 0.0, "anticipate_s": 5.0}}).limits.share
+def test_share_anticipates_a_steadily_falling_pack_limit() -> None:
+    cfg = config(
+        limits={"share": {"headroom": 0.0, "anticipate_s": 5.0, "rise_s": 0.0}}
+    ).limits.share
+    state = ShareState()
+    # A's CCL falls 2 A/s: 100, 98, 96, 94, 92 A at t = 0..4 s
+    for t in range(5):
+        packs = [pack("A", current_a=50.0, ccl_a=100.0 - 2.0 * t),
+                 pack("B", current_a=50.0, ccl_a=100.0)]
+        state, lim = step_share(state, cfg, packs, now_s=float(t))
+    # window 0..4 s: both halves fall 2 A/s -> 92 - 2 x 5 = 82 A expected; / 0.5 = 164 A
+    assert lim.ccl_a == pytest.approx(164.0)
+    assert lim.ccl_reason.text == "A CCL 92 A at 50 % share (falling, 82 A expected)"
+
+
+def test_share_does_not_project_a_single_step() -> None:
+    cfg = config(
+        limits={"share": {"headroom": 0.0, "anticipate_s": 15.0, "rise_s": 0.0}}
+    ).limits.share
+    state = ShareState()
+    for t, dcl in enumerate((100.0, 100.0, 100.0, 40.0, 40.0, 40.0)):
+        packs = [pack("A", current_a=-50.0, dcl_a=dcl), pack("B", current_a=-50.0, dcl_a=100.0)]
+        state, lim = step_share(state, cfg, packs, now_s=float(t))
+        # a step down is followed at once, but never projected to 0 (DCL 0 stops inverters)
+        assert lim.dcl_a == pytest.approx(dcl / 0.5)
+
+
+def test_fall_rate_of_ramp_step_and_wobble() -> None:
+    assert fall_rate(((0.0, 10.0), (1.0, 8.0), (2.0, 6.0))) == pytest.approx(2.0)
+    assert fall_rate(((0.0, 10.0), (1.0, 10.0), (2.0, 4.0))) == 0.0
+    assert fall_rate(((0.0, 10.0), (1.0, 6.0), (2.0, 9.0))) == 0.0
+    assert fall_rate(((0.0, 10.0), (1.0, 12.0), (2.0, 14.0))) == 0.0
+    assert fall_rate(((0.0, 10.0), (1.0, 8.0))) == 0.0  # too short to tell
+
+
+def test_share_bank_limit_falls_at_once_and_rises_smoothed() -> None:
+    cfg = config(
+        limits={"share": {"headroom": 0.0, "anticipate_s": 0.0, "rise_s": 5.0}}
+    ).limits.share
     packs = [pack("A", current_a=50.0, ccl_a=100.0), pack("B", current_a=50.0, ccl_a=100.0)]
     state, lim = step_share(ShareState(), cfg, packs, now_s=0.0)
     assert lim.ccl_a == pytest.approx(200.0)
-    packs[0] = pack("A", current_a=50.0, ccl_a=90.0)  # falling 10 A/s
+    packs[0] = pack("A", current_a=50.0, ccl_a=50.0)
     state, lim = step_share(state, cfg, packs, now_s=1.0)
-    # 90 - 10 A/s x 5 s = 40 A expected; / 0.5 = 80 A
-    assert lim.ccl_a == pytest.approx(80.0)
-    assert "falling" in lim.ccl_reason.text
-    # the next tick it holds still: the remembered rate decays, 10 x e^(-1/5)
+    assert lim.ccl_a == pytest.approx(100.0)  # at once
+    packs[0] = pack("A", current_a=50.0, ccl_a=100.0)
     state, lim = step_share(state, cfg, packs, now_s=2.0)
-    assert lim.ccl_a == pytest.approx((90.0 - 10.0 * math.exp(-0.2) * 5.0) / 0.5)
+    assert lim.ccl_a == pytest.approx(100.0 + 100.0 * (1.0 - math.exp(-1.0 / 5.0)))
 
 
 def test_share_floor_for_a_pack_taking_nothing() -> None:
@@ -139,28 +178,27 @@ def test_share_floor_for_a_pack_taking_nothing() -> None:
 
 def test_engine_share_keeps_the_largest_taker_inside_its_limit_where_min_times_n_does_not() -> None:
     packs = [pack("A", current_a=60.0, ccl_a=100.0), pack("B", current_a=40.0, ccl_a=100.0)]
-    minn = step(config(), EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
-    share = step(config(limits={"bms": {"currents": "share"}}), EngineState(), packs,
-                 AuxSnapshot(), now_s=0.0, today=TODAY)
+    minn = step(config(limits=MIN_N), EngineState(), packs, AuxSnapshot(), now_s=0.0,
+                today=TODAY)
+    share = step(config(), EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
     assert minn.limits.ccl_a == pytest.approx(200.0)  # A would carry 0.6 x 200 = 120 A
-    assert share.limits.ccl_a == pytest.approx(100.0 / 0.6 * 0.95)  # A carries 95 A
+    assert share.limits.ccl_a == pytest.approx(100.0 / 0.6 * 0.9)  # A carries 90 A
     assert share.values["/Info/ChargeLimitation"] == "A CCL 100 A at 60 % share"
 
 
 def test_engine_share_block_still_gives_zero() -> None:
     packs = [pack("A", current_a=60.0), pack("B", current_a=40.0, allow_to_charge=0)]
-    res = step(config(limits={"bms": {"currents": "share"}}), EngineState(), packs,
-               AuxSnapshot(), now_s=0.0, today=TODAY)
+    res = step(config(), EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
     assert res.limits.ccl_a == 0.0
     assert res.values["/Info/ChargeLimitation"] == "B blocks charge"
 
 
 def test_engine_own_mode_pack_limits_share() -> None:
-    cfg = config(limits={"mode": "own", "own": {"pack_limits": "share"}})
+    cfg = config(limits={"mode": "own"})  # pack_limits: share is the default
     packs = [pack("A", current_a=60.0, ccl_a=50.0), pack("B", current_a=40.0, ccl_a=50.0)]
     res = step(cfg, EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
-    # own table: 200 A at 3.30 V; pack A: 50 / 0.6 x 0.95 = 79.2 A binds
-    assert res.limits.ccl_a == pytest.approx(50.0 / 0.6 * 0.95)
+    # own table: 200 A at 3.30 V; pack A: 50 / 0.6 x 0.9 = 75 A binds
+    assert res.limits.ccl_a == pytest.approx(50.0 / 0.6 * 0.9)
     assert res.reasons.ccl.text == "A CCL 50 A at 60 % share"
 
 
@@ -228,7 +266,7 @@ def _temp(t: float | None, name: str = "A", **kw: Any) -> PackSnapshot:
 
 
 def test_engine_own_mode_cold_cuts_charge_at_the_configured_points() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits=OWN)
     ccl = {
         t: step(cfg, EngineState(), [_temp(t)], AuxSnapshot(), now_s=0.0, today=TODAY)
         for t in (-5.0, 0.0, 1.0, 10.0, 45.0, 55.0)
@@ -241,7 +279,7 @@ def test_engine_own_mode_cold_cuts_charge_at_the_configured_points() -> None:
 
 
 def test_engine_own_mode_temperature_and_cell_table_take_the_lower() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits=OWN)
     # cell 3.40 V: charge table factor 0.1 -> 20 A; 5.5 °C: factor 0.6 -> 120 A
     p = _temp(5.5, cell_v=3.40)
     res = step(cfg, EngineState(), [p], AuxSnapshot(), now_s=0.0, today=TODAY)
@@ -250,7 +288,7 @@ def test_engine_own_mode_temperature_and_cell_table_take_the_lower() -> None:
 
 
 def test_engine_missing_temperature_is_conservative_only_if_every_pack_lacks_it() -> None:
-    cfg = config(limits={"mode": "own"})
+    cfg = config(limits=OWN)
     one = step(cfg, EngineState(), [_temp(None), _temp(25.0, "B")], AuxSnapshot(), now_s=0.0,
                today=TODAY)
     assert one.limits.ccl_a == pytest.approx(200.0)
@@ -263,7 +301,7 @@ def test_engine_missing_temperature_is_conservative_only_if_every_pack_lacks_it(
 
 
 def test_engine_own_mode_temperature_can_be_switched_off() -> None:
-    cfg = config(limits={"mode": "own", "temperature": {"own": False}})
+    cfg = config(limits={**OWN, "temperature": {"own": False}})
     res = step(cfg, EngineState(), [_temp(-5.0)], AuxSnapshot(), now_s=0.0, today=TODAY)
     assert res.limits.ccl_a == pytest.approx(200.0)
     assert res.values["/Alarms/BatteryTemperatureSensor"] is None
@@ -271,9 +309,10 @@ def test_engine_own_mode_temperature_can_be_switched_off() -> None:
 
 def test_engine_bms_mode_temperature_cap_is_off_by_default() -> None:
     packs = [_temp(50.0), _temp(50.0, "B")]
-    off = step(config(), EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
+    off = step(config(limits=MIN_N), EngineState(), packs, AuxSnapshot(), now_s=0.0,
+               today=TODAY)
     assert off.limits.ccl_a == pytest.approx(200.0)
-    on = step(config(limits={"temperature": {"bms_cap": True}}), EngineState(), packs,
+    on = step(config(limits={**MIN_N, "temperature": {"bms_cap": True}}), EngineState(), packs,
               AuxSnapshot(), now_s=0.0, today=TODAY)
     assert on.limits.ccl_a == pytest.approx(100.0)  # 200 A x f(50 °C) = 0.5
     assert on.reasons.ccl.text == "temperature 50.0 °C (charge table)"
@@ -300,14 +339,15 @@ def test_temperature_tables_are_validated(table: dict[str, Any], message: str) -
 
 def test_bms_reasons_name_the_binding_pack() -> None:
     packs = [pack("A", ccl_a=100.0, cvl_v=55.2), pack("B", ccl_a=50.0, dcl_a=80.0, cvl_v=54.0)]
-    res = step(config(), EngineState(), packs, AuxSnapshot(), now_s=0.0, today=TODAY)
+    res = step(config(limits=MIN_N), EngineState(), packs, AuxSnapshot(), now_s=0.0,
+               today=TODAY)
     assert res.values["/Info/ChargeLimitation"] == "B CCL 50 A x 2 packs (min x N)"
     assert res.values["/Info/DischargeLimitation"] == "B DCL 80 A x 2 packs (min x N)"
     assert res.values["/Info/ChargeModeDebug"] == "B CVL 54.00 V"
 
 
 def test_own_reasons_cell_table_latch_and_cap() -> None:
-    cfg = config(limits={"mode": "own", "max_discharge_current_a": 50.0})
+    cfg = config(limits={**OWN, "max_discharge_current_a": 50.0})
     p = _temp(25.0, cell_list=[3.42] + [3.3] * 14 + [2.85])
     res = step(cfg, EngineState(), [p], AuxSnapshot(), now_s=0.0, today=TODAY)
     assert res.reasons.ccl.text == "cell A: C1 3.420 V (table)"
@@ -338,7 +378,7 @@ def test_engine_logs_a_reason_change_once_over_ticks() -> None:
     messages = []
     for ccl in (100.0, 90.0, 80.0, 30.0):
         packs = [pack("A", ccl_a=ccl), pack("B", ccl_a=60.0)]
-        res = step(config(), state, packs, AuxSnapshot(), now_s=0.0, today=TODAY)
+        res = step(config(limits=MIN_N), state, packs, AuxSnapshot(), now_s=0.0, today=TODAY)
         state = res.state
         messages += [e.message for e in res.events if e.code == "reason-ccl"]
     assert messages == ["CCL now set by: B CCL 60 A x 2 packs (min x N)",

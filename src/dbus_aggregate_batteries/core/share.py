@@ -21,9 +21,11 @@ which no pack exceeds its own limit:
   remaining pack was never measured, all remaining ones fall back to the assumed share.  A
   missing pack that may still be connected keeps its own constraint from its last limit and
   last share.
+- The bank limit falls at once and rises with the time constant ``rise_s``.
 - ``anticipated CCL_i``: the pack's CCL minus ``anticipate_s`` x the rate at which it has been
-  falling (a decaying maximum of the observed fall rate), so that the bank limit is already
-  down when the charger, which needs seconds to follow, gets there.
+  falling steadily over the last few seconds (see :func:`fall_rate`: a ramp is projected,
+  a single step or a wobble is not), so that the bank limit is already down when the charger,
+  which needs seconds to follow, gets there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from dbus_aggregate_batteries.core.reasons import Reason
 
 MAX_DT_S = 10.0  # a longer gap between ticks is not evidence of a trend or of a settled share
 MIN_SHARE_OF_EQUAL = 0.25
+# A limit's trend is judged over this window: long enough for a few driver updates (about one
+# a second), short enough to catch a ramp within a few seconds.
+TREND_WINDOW_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +51,9 @@ class PackShare:
 
     charge: float | None = None  # estimated share of the bank charge current (0..1)
     discharge: float | None = None  # estimated share of the bank discharge current (0..1)
-    ccl_a: float | None = None  # last seen limits, for the fall rate
-    dcl_a: float | None = None
-    ccl_fall_a_s: float = 0.0  # A/s (>= 0): how fast the CCL has been falling
-    dcl_fall_a_s: float = 0.0
+    # (time, limit) samples of the last ``anticipate_s``, for the trend
+    ccl_history: tuple[tuple[float, float], ...] = ()
+    dcl_history: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class ShareState:
     packs: Mapping[str, PackShare] = field(default_factory=dict)
     members: frozenset[str] = frozenset()
     last_s: float | None = None
+    ccl_a: float | None = None  # the rule's last bank limits, for the smoothed rise
+    dcl_a: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +111,30 @@ def _smooth(old: float | None, raw: float, dt: float, tau: float) -> float:
     return old + (raw - old) * (1.0 - math.exp(-dt / tau))
 
 
-def _fall_rate(old_limit: float | None, new_limit: float | None, old_rate: float, dt: float,
-               hold_s: float) -> float:
-    if old_limit is None or new_limit is None or dt <= 0.0:
-        return old_rate if new_limit is not None else 0.0
-    observed = max(0.0, (old_limit - new_limit) / dt)
-    decayed = old_rate * math.exp(-dt / hold_s) if hold_s > 0.0 else 0.0
-    return max(observed, decayed)
+def _history(
+    old: tuple[tuple[float, float], ...], now_s: float, limit: float | None, window_s: float
+) -> tuple[tuple[float, float], ...]:
+    if limit is None or window_s <= 0.0:
+        return ()
+    return (*(h for h in old if now_s - h[0] <= window_s and h[0] < now_s), (now_s, limit))
+
+
+def fall_rate(history: tuple[tuple[float, float], ...]) -> float:
+    """How fast a limit has been falling steadily (A/s, >= 0) over its recorded window.
+
+    The lower of the fall rates over the older and the newer half of the window: a ramp falls
+    in both halves, while a single step, or a limit that wobbles with the pack's own current,
+    does not, and is not projected (projecting a step would take the bank limit to 0 for no
+    reason; a DCL of 0 stops island inverters).
+    """
+    if len(history) < 3:
+        return 0.0
+    (t0, l0), (t1, l1) = history[0], history[-1]
+    middle = min(history[1:-1], key=lambda h: abs(h[0] - (t0 + t1) / 2.0))
+    tm, lm = middle
+    if tm <= t0 or t1 <= tm:
+        return 0.0
+    return max(0.0, min((l0 - lm) / (tm - t0), (lm - l1) / (t1 - tm)))
 
 
 def step_share(
@@ -150,16 +173,13 @@ def step_share(
                 tau = math.inf if missing else cfg.smoothing_s
                 packs[p.service] = _with(packs[p.service], measuring, _smooth(old, raw, dt, tau))
 
+    window = TREND_WINDOW_S if cfg.anticipate_s > 0.0 else 0.0
     for p in healthy:
         old_ps = packs[p.service]
         packs[p.service] = replace(
             old_ps,
-            ccl_a=p.ccl_a,
-            dcl_a=p.dcl_a,
-            ccl_fall_a_s=_fall_rate(old_ps.ccl_a, p.ccl_a, old_ps.ccl_fall_a_s, dt,
-                                    cfg.anticipate_s),
-            dcl_fall_a_s=_fall_rate(old_ps.dcl_a, p.dcl_a, old_ps.dcl_fall_a_s, dt,
-                                    cfg.anticipate_s),
+            ccl_history=_history(old_ps.ccl_history, now_s, p.ccl_a, window),
+            dcl_history=_history(old_ps.dcl_history, now_s, p.dcl_a, window),
         )
 
     n = max(1, len(healthy))
@@ -167,8 +187,18 @@ def step_share(
     floor = MIN_SHARE_OF_EQUAL / n
     ccl, ccl_reason = _bank_limit(cfg, healthy, missing, packs, "charge", assumed, floor)
     dcl, dcl_reason = _bank_limit(cfg, healthy, missing, packs, "discharge", assumed, floor)
-    new_state = ShareState(packs=packs, members=members, last_s=now_s)
+    ccl = _rise(state.ccl_a, ccl, dt, cfg.rise_s)
+    dcl = _rise(state.dcl_a, dcl, dt, cfg.rise_s)
+    new_state = ShareState(packs=packs, members=members, last_s=now_s, ccl_a=ccl, dcl_a=dcl)
     return new_state, ShareLimits(ccl, dcl, ccl_reason, dcl_reason)
+
+
+def _rise(old: float | None, new: float | None, dt: float, tau_s: float) -> float | None:
+    # Falls at once; rises smoothed.  A pack's own limit often falls as its current rises (its
+    # cells' voltage follows the current): an instant rise would overshoot it and oscillate.
+    if old is None or new is None or new <= old or tau_s <= 0.0:
+        return new
+    return old + (new - old) * (1.0 - math.exp(-dt / tau_s))
 
 
 def _bank_limit(
@@ -191,7 +221,7 @@ def _bank_limit(
         share = _share(ps, direction)
         measured = share is not None
         share = max(floor, share) if share is not None else assumed
-        fall = ps.ccl_fall_a_s if direction == "charge" else ps.dcl_fall_a_s
+        fall = fall_rate(ps.ccl_history if direction == "charge" else ps.dcl_history)
         anticipated = max(0.0, limit - fall * cfg.anticipate_s)
         bank = anticipated / share * (1.0 - cfg.headroom)
         if best is None or bank < best:
