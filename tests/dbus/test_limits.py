@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -128,5 +129,31 @@ async def test_share_rule_on_the_bus_follows_the_measured_currents(
         # every pack, at its measured share of the published bank CCL, stays inside its CCL
         for c, i in zip(ccls, currents, strict=True):
             assert result.limits.ccl_a * i / total <= c + 0.05
+    finally:
+        await app.shutdown()
+
+
+async def test_log_summary_has_reasons_and_shadow_limits_next_to_the_packs(
+    bank: SimBank, make_bus: MakeBus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dbus_aggregate_batteries.shell.app")
+    app = await _app(make_bus, tmp_path, publish={"mode": "shadow"},
+                     service={"summary_interval_s": 0.1})
+    try:
+        await asyncio.sleep(0.15)
+        result = app.tick()
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("shadow mode: no limits are offered to DVCC") for m in messages)
+        summary = [m for m in messages if m.startswith("packs ") and "healthy" in m][-1]
+        assert f"SHADOW, would set CVL {result.limits.cvl_v:.2f} V" in summary
+        why = f"why: CVL {result.reasons.cvl.text} | CCL {result.reasons.ccl.text}"
+        assert any(m.startswith(why) for m in messages)
+        packs_line = [m for m in messages if m.startswith("packs' own BMS limits: ")][-1]
+        for name in bank.pack_names:
+            label = app.state.services[name].label("/CustomName")
+            assert f"{label} CVL " in packs_line
+        # a change of the binding constraint was logged once, at the start
+        ccl_changes = [m for m in messages if m.startswith("CCL now set by: ")]
+        assert len(ccl_changes) == 1
     finally:
         await app.shutdown()

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from factories import config, pack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbus_aggregate_batteries.config import ConfigError, parse_config
 from dbus_aggregate_batteries.core.engine import EngineState, step
@@ -422,3 +424,45 @@ def test_publish_mode_is_validated() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"publish": {"mode": "watch"}})
     assert any(p.startswith("publish.mode") for p in err.value.problems)
+
+
+# ---------------------------------------------------------------- share properties
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    weights=st.lists(st.floats(0.2, 5.0), min_size=1, max_size=6),
+    ccls=st.lists(st.floats(1.0, 500.0), min_size=6, max_size=6),
+    total=st.floats(5.5, 1000.0),
+)
+def test_share_keeps_every_measured_pack_inside_its_limit(
+    weights: list[float], ccls: list[float], total: float
+) -> None:
+    """With measured shares, every pack's share of the bank limit is within its own CCL."""
+    cfg = config().limits.share
+    shares = [w / sum(weights) for w in weights]
+    packs = [
+        pack(f"P{i}", current_a=total * s, ccl_a=c)
+        for i, (s, c) in enumerate(zip(shares, ccls, strict=False))
+    ]
+    _, lim = step_share(ShareState(), cfg, packs, now_s=0.0)
+    assert lim.ccl_a is not None
+    for p, s in zip(packs, shares, strict=False):
+        assert p.ccl_a is not None
+        assert lim.ccl_a * s <= p.ccl_a * (1.0 - cfg.headroom) + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ccls=st.lists(st.floats(1.0, 500.0), min_size=1, max_size=6),
+    current=st.floats(-300.0, 300.0),
+)
+def test_share_with_equal_split_never_exceeds_min_times_n(
+    ccls: list[float], current: float
+) -> None:
+    """Equal currents (or none measurable): never more than lowest CCL x N."""
+    packs = [pack(f"P{i}", current_a=current, ccl_a=c, dcl_a=c) for i, c in enumerate(ccls)]
+    _, lim = step_share(ShareState(), config().limits.share, packs, now_s=0.0)
+    assert lim.ccl_a is not None and lim.dcl_a is not None
+    assert lim.ccl_a <= min(ccls) * len(ccls) + 1e-6
+    assert lim.dcl_a <= min(ccls) * len(ccls) + 1e-6
