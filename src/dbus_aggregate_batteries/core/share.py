@@ -51,7 +51,7 @@ class PackShare:
 
     charge: float | None = None  # estimated share of the bank charge current (0..1)
     discharge: float | None = None  # estimated share of the bank discharge current (0..1)
-    # (time, limit) samples of the last ``anticipate_s``, for the trend
+    # (time, limit) samples of the last TREND_WINDOW_S, for the trend (frozen while missing)
     ccl_history: tuple[tuple[float, float], ...] = ()
     dcl_history: tuple[tuple[float, float], ...] = ()
 
@@ -213,7 +213,7 @@ def _bank_limit(
     name = "CCL" if direction == "charge" else "DCL"
     best: float | None = None
     reason = Reason(f"share-none-{name}", f"no pack reports a {name}")
-    for p in [*healthy, *missing]:
+    for p, is_missing in [*((p, False) for p in healthy), *((p, True) for p in missing)]:
         limit = p.ccl_a if direction == "charge" else p.dcl_a
         if limit is None:
             continue
@@ -231,7 +231,7 @@ def _bank_limit(
                 notes.append("assumed")
             if anticipated < limit:
                 notes.append(f"falling, {anticipated:.0f} A expected")
-            if p in missing:
+            if is_missing:
                 notes.append("last known, missing")
             extra = f" ({', '.join(notes)})" if notes else ""
             reason = Reason(
