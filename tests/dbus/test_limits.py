@@ -152,8 +152,7 @@ async def test_log_summary_has_reasons_and_shadow_limits_next_to_the_packs(
         for name in bank.pack_names:
             label = app.state.services[name].label("/CustomName")
             assert f"{label} CVL " in packs_line
-        # a change of the binding constraint was logged once, at the start
-        ccl_changes = [m for m in messages if m.startswith("CCL now set by: ")]
-        assert len(ccl_changes) == 1
+        # changes of the binding constraint are logged only once they held for a few seconds
+        assert len([m for m in messages if m.startswith("CCL now set by: ")]) <= 1
     finally:
         await app.shutdown()

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from dbus_aggregate_batteries.config import ConfigError, parse_config
 from dbus_aggregate_batteries.core.engine import EngineState, step
 from dbus_aggregate_batteries.core.model import AuxSnapshot, PackSnapshot
-from dbus_aggregate_batteries.core.reasons import Reason, Reasons, reason_events
+from dbus_aggregate_batteries.core.reasons import (
+    REASON_SETTLE_S,
+    Reason,
+    ReasonLog,
+    Reasons,
+    reason_events,
+)
 from dbus_aggregate_batteries.core.share import ShareState, fall_rate, step_share
 from dbus_aggregate_batteries.core.temperature import bank_temperatures, derate, factor_at
 
@@ -366,21 +372,29 @@ def test_reason_of_a_missing_pack() -> None:
     assert res.values["/Info/ChargeLimitation"] == "B blocks charge (last known, missing)"
 
 
-def test_reason_change_is_logged_once() -> None:
+def test_reason_change_is_logged_once_after_it_held() -> None:
     old = Reasons(Reason("cvl", "x"), Reason("cell", "cell A: C1 3.40 V"), Reason("m", "m"))
+    log = ReasonLog(logged=old, since_s=(0.0, 0.0, 0.0))
     same_key = Reasons(old.cvl, Reason("cell", "cell A: C1 3.41 V"), old.dcl)
-    assert reason_events(old, same_key) == ()
+    log, events = reason_events(log, old, same_key, 10.0)
+    assert events == ()
     other = Reasons(old.cvl, Reason("temperature", "temperature 2.0 °C"), old.dcl)
-    events = reason_events(same_key, other)
+    log, events = reason_events(log, same_key, other, 11.0)
+    assert events == ()  # not yet: it must hold for REASON_SETTLE_S
+    log, events = reason_events(log, other, other, 11.0 + REASON_SETTLE_S)
     assert [e.message for e in events] == ["CCL now set by: temperature 2.0 °C"]
+    log, events = reason_events(log, other, other, 30.0)
+    assert events == ()
 
 
 def test_engine_logs_a_reason_change_once_over_ticks() -> None:
     state = EngineState()
     messages = []
-    for ccl in (100.0, 90.0, 80.0, 30.0):
+    # A binds at 30 A; B at 60 A; then A and B take turns every tick (never logged).
+    for t, ccl in enumerate([100.0] * 8 + [30.0] * 8 + [59.0, 61.0] * 5):
         packs = [pack("A", ccl_a=ccl), pack("B", ccl_a=60.0)]
-        res = step(config(limits=MIN_N), state, packs, AuxSnapshot(), now_s=0.0, today=TODAY)
+        res = step(config(limits=MIN_N), state, packs, AuxSnapshot(), now_s=float(t),
+                   today=TODAY)
         state = res.state
         messages += [e.message for e in res.events if e.code == "reason-ccl"]
     assert messages == ["CCL now set by: B CCL 60 A x 2 packs (min x N)",

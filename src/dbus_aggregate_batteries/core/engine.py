@@ -60,6 +60,7 @@ from dbus_aggregate_batteries.core.reasons import (
     CVL_REASON_PATH,
     DCL_REASON_PATH,
     Reason,
+    ReasonLog,
     Reasons,
     block_reason,
     bms_current_reason,
@@ -98,6 +99,7 @@ class EngineState:
     cvl_regulator: CvlRegulator = field(default_factory=CvlRegulator)
     share: ShareState = field(default_factory=ShareState)
     reasons: Reasons = field(default_factory=Reasons)
+    reason_log: ReasonLog = field(default_factory=ReasonLog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +486,8 @@ def step(
         cvl_reason = Reason("cvl-held", f"held at {cvl:.2f} V (no healthy pack)")
     limits = Limits(cvl, _finite(currents.ccl_a) or 0.0, _finite(currents.dcl_a) or 0.0)
     reasons = Reasons(cvl_reason, ccl_reason, dcl_reason)
-    events.extend(reason_events(state.reasons, reasons))
+    reason_log, ev = reason_events(state.reason_log, state.reasons, reasons, now_s)
+    events.extend(ev)
     if cfg.publish.mode == "shadow":
         # Shadow mode controls nothing: the owner's feed-in setting is never written.
         feed_in, feed_in_request = state.feed_in, None
@@ -502,6 +505,7 @@ def step(
         cvl_regulator=regulator,
         share=share_state,
         reasons=reasons,
+        reason_log=reason_log,
     )
     values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
     values.update(history_values(history))

@@ -13,7 +13,7 @@ path shown under the charge mode, since ``/Info/ChargeMode`` already carries the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dbus_aggregate_batteries.config import OwnLimitsConfig
 from dbus_aggregate_batteries.core.limits import interpolate
@@ -51,20 +51,44 @@ def tighter(value: float, reason: Reason, cap: float, cap_reason: Reason) -> tup
     return value, reason
 
 
-def reason_events(old: Reasons, new: Reasons) -> tuple[Event, ...]:
-    """One INFO event per limit whose binding constraint changed."""
+# A new binding constraint is logged once it has held this long: two packs taking turns at
+# binding (nearly equal limits and shares) must not log a line every tick.
+REASON_SETTLE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonLog:
+    """What was logged last, and since when each current constraint has been binding."""
+
+    logged: Reasons = field(default_factory=Reasons)
+    since_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def reason_events(
+    log: ReasonLog, old: Reasons, new: Reasons, now_s: float
+) -> tuple[ReasonLog, tuple[Event, ...]]:
+    """One INFO event per limit whose binding constraint changed and has held for a while."""
     events = []
-    for name, before, after in (
-        ("CVL", old.cvl, new.cvl),
-        ("CCL", old.ccl, new.ccl),
-        ("DCL", old.dcl, new.dcl),
+    logged = []
+    since = []
+    for name, before, after, was_logged, started in zip(
+        ("CVL", "CCL", "DCL"),
+        (old.cvl, old.ccl, old.dcl),
+        (new.cvl, new.ccl, new.dcl),
+        (log.logged.cvl, log.logged.ccl, log.logged.dcl),
+        log.since_s,
+        strict=True,
     ):
         if after.key != before.key:
+            started = now_s
+        if after.key != was_logged.key and now_s - started >= REASON_SETTLE_S:
             events.append(
                 Event(Severity.INFO, f"reason-{name.lower()}", f"{name} now set by: {after.text}")
             )
-    return tuple(events)
-
+            was_logged = after
+        logged.append(was_logged)
+        since.append(started)
+    return ReasonLog(Reasons(*logged), (since[0], since[1], since[2])), tuple(events)
 
 
 def block_reason(
