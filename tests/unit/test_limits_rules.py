@@ -28,7 +28,17 @@ TODAY = date(2026, 6, 15)
 SHARE = config(
     limits={"share": {"headroom": 0.0, "anticipate_s": 0.0, "rise_s": 0.0}}
 ).limits.share
-OWN: dict[str, Any] = {"mode": "own", "own": {"pack_limits": "ignore"}}
+# Own mode with the packs' own limits ignored and a fixed charge table (the default table
+# may change; these worked values must not).
+OWN: dict[str, Any] = {
+    "mode": "own",
+    "own": {
+        "pack_limits": "ignore",
+        "charge_table": {
+            "cell_voltage_v": [2.9, 2.95, 3.3, 3.4, 3.45], "factor": [0.2, 1.0, 1.0, 0.1, 0.0]
+        },
+    },
+}
 MIN_N: dict[str, Any] = {"bms": {"currents": "min_times_n"}}
 
 
