@@ -56,7 +56,8 @@ def test_pack_voltage_range_follows_the_cell_count(cells: int, cell_v: float) ->
 def test_32_cell_packs_give_a_normal_bank() -> None:
     """The issue's case: 32 LFP cells (~105 V) were rejected and CVL became None."""
     packs = [pack_from_values(f"svc{i}", f"P{i}", raw_pack(32, 3.30))[0] for i in range(3)]
-    res = step(config(), EngineState(), packs, AuxSnapshot(), now_s=1.0, today=TODAY)
+    cfg = config(limits={"bms": {"currents": "min_times_n"}})  # lowest x N: 100 A x 3
+    res = step(cfg, EngineState(), packs, AuxSnapshot(), now_s=1.0, today=TODAY)
     assert res.limits.cvl_v == pytest.approx(32 * 3.45, abs=0.01)
     assert res.limits.ccl_a == pytest.approx(300.0) and res.limits.dcl_a == pytest.approx(450.0)
     assert not res.state.degraded and res.values["/System/NrOfModulesOnline"] == 3
