@@ -77,6 +77,11 @@ PRECISION: dict[str, int] = {
     "/Info/MaxChargeCurrent": 1,
     "/Info/MaxDischargeCurrent": 1,
     "/Info/BatteryLowVoltage": 2,
+    # Shadow mode: the limits it would set, as precise as the real ones.
+    "/Shadow/MaxChargeVoltage": 2,
+    "/Shadow/MaxChargeCurrent": 1,
+    "/Shadow/MaxDischargeCurrent": 1,
+    "/Shadow/BatteryLowVoltage": 2,
     # History: the resolution of a BMV's own history records (VE.Direct H1..H18).
     "/History/ChargedEnergy": 2,
     "/History/DischargedEnergy": 2,
@@ -114,6 +119,10 @@ TEXT: dict[str, Callable[[Value], str]] = {
     "/Info/MaxChargeCurrent": _fmt(".1f", "A"),
     "/Info/MaxDischargeCurrent": _fmt(".1f", "A"),
     "/Info/BatteryLowVoltage": _fmt(".2f", "V"),
+    "/Shadow/MaxChargeVoltage": _fmt(".2f", "V"),
+    "/Shadow/MaxChargeCurrent": _fmt(".1f", "A"),
+    "/Shadow/MaxDischargeCurrent": _fmt(".1f", "A"),
+    "/Shadow/BatteryLowVoltage": _fmt(".2f", "V"),
     "/ProductId": _hex,
     "/History/ChargedEnergy": _fmt(".2f", "kWh"),
     "/History/DischargedEnergy": _fmt(".2f", "kWh"),
