@@ -338,6 +338,12 @@ def step(
             balancing.phase is not BalancePhase.IDLE, target_cell, n_cells, high_cell,
             [*healthy, *missing],
         )
+        if not high_cell and cvl is not None and n_cells and cvl < target_cell * n_cells - 0.005:
+            cvl_reason = Reason(
+                "cvl-regulator",
+                f"regulator: highest cell {merged.max_cell_id} {merged.max_cell_v or 0.0:.3f} V"
+                f" held near {own.max_cell_voltage_v:.3f} V",
+            )
         feed_in, feed_in_request, ev = step_feed_in(
             feed_in,
             enabled=own.disable_feed_in_on_high_cell,

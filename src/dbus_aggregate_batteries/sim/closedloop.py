@@ -28,8 +28,10 @@ from dbus_aggregate_batteries.sim.scenario import Scenario, signal_at
 MODES: dict[str, dict[str, Any]] = {
     "bms min x N": {"limits": {"mode": "bms", "bms": {"currents": "min_times_n"}}},
     "bms sum": {"limits": {"mode": "bms", "bms": {"currents": "sum"}}},
+    "bms share": {"limits": {"mode": "bms", "bms": {"currents": "share"}}},
     "own": {"limits": {"mode": "own"}},
     "own, upstream CVL": {"limits": {"mode": "own", "own": {"cvl_control": "upstream"}}},
+    "own, pack limits ignored": {"limits": {"mode": "own", "own": {"pack_limits": "ignore"}}},
 }
 # A pack over its own limit by more than this counts as over-limit (issue 10 §3).
 OVER_LIMIT_FACTOR = 1.05
