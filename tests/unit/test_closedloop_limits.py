@@ -10,10 +10,7 @@ from typing import Any
 
 import pytest
 
-# The closed-loop simulator comes with issue 10; until it is in the tree these tests skip.
-closedloop = pytest.importorskip("dbus_aggregate_batteries.sim.closedloop")
-scenario = pytest.importorskip("dbus_aggregate_batteries.sim.scenario")
-physics = pytest.importorskip("dbus_aggregate_batteries.sim.physics")
+from dbus_aggregate_batteries.sim import closedloop, physics, scenario
 
 MIN_N: dict[str, Any] = {"limits": {"mode": "bms", "bms": {"currents": "min_times_n"}}}
 SHARE: dict[str, Any] = {"limits": {"mode": "bms", "bms": {"currents": "share"}}}
