@@ -201,7 +201,8 @@ def _temperature_alarm(cfg: Config, packs: Sequence[PackSnapshot]) -> int | None
     t = cfg.limits.temperature
     if not (t.own if cfg.limits.mode == "own" else t.bms_cap):
         return None
-    return 2 if bank_temperatures(packs) is None else 0
+    # A warning, not an alarm: the bank still discharges (see core/temperature.py).
+    return 1 if bank_temperatures(packs) is None else 0
 
 
 def step(

@@ -6,8 +6,11 @@ temperature (every pack's /Dc/0/Temperature and min/max cell temperature, missin
 last values included: they may still be connected), so a table that cuts both cold and hot
 is evaluated at the worse end, and a dip between two breakpoints is not missed.
 
-Only when *no* pack reports any temperature does the unknown temperature count as the worst
-value of the table (the conservative value; with the shipped tables that is factor 0).
+Only when *no* pack reports any temperature does the unknown temperature count: for charge
+as the worst value of the table (charging a freezing LFP cell plates lithium: factor 0 with
+the shipped tables); for discharge not at all, because every cell chemistry shipped here can
+deliver over a range far wider than any room a GX lives in, and DCL 0 stops an island
+inverter: a bank without sensors must not go dark for want of a number.
 """
 
 from __future__ import annotations
@@ -55,10 +58,13 @@ def bank_temperatures(packs: Sequence[PackSnapshot]) -> tuple[float, float] | No
     return min(values), max(values)
 
 
-def derate(table: TemperatureTable, span: tuple[float, float] | None, what: str) -> Derating:
+def derate(
+    table: TemperatureTable, span: tuple[float, float] | None, what: str, *,
+    unknown_is_worst: bool = True,
+) -> Derating:
     """The table's lowest factor over ``span`` (lowest..highest temperature)."""
     if span is None:
-        worst = min(table.factor)
+        worst = min(table.factor) if unknown_is_worst else 1.0
         return Derating(
             worst,
             Reason("temperature-missing", f"no temperature from any pack ({what} x{worst:g})"),
@@ -81,7 +87,7 @@ def apply_derating(
     """min(limit, base x factor) for charge and discharge, with the binding reason."""
     span = bank_temperatures(packs)
     charge = derate(cfg.charge_table, span, "charge table")
-    discharge = derate(cfg.discharge_table, span, "discharge table")
+    discharge = derate(cfg.discharge_table, span, "discharge table", unknown_is_worst=False)
     return (
         tighter(ccl[0], ccl[1], base[0] * charge.factor, charge.reason),
         tighter(dcl[0], dcl[1], base[1] * discharge.factor, discharge.reason),
