@@ -78,14 +78,15 @@ CONSUMER_SCRIPT = HERE / "consumer_subscriber.py"
 # What runs as "the service": this tree as it is (ItemsChanged only), the same with
 # publish.properties_changed (ItemsChanged plus PropertiesChanged, the wire behaviour before
 # issue 12), or another source tree given by --old-src (e.g. a `git archive` of an older
-# commit) with its own defaults.
-VARIANTS = ("new", "new-pc", "old")
+# commit) with its own defaults. "original" is the original program (dbus-python + GLib),
+# started from the directory given by --original (see ORIGINAL_LAUNCHER).
+VARIANTS = ("new", "new-pc", "old", "original")
 AGGREGATE = "com.victronenergy.battery.aggregate"
 CURRENT = "/Dc/0/Current"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_S = 1.0
-# Targets of issue 12, checked for dbus_fast at 8 packs (the original program's share is
-# not measurable here: see the README). Peak RSS: no higher than before the issue.
+# Targets of issue 12, checked at 8 packs for dbus_fast (and, against the original program
+# when --original runs it, for dbus_next). Peak RSS: no higher than before the issue.
 TARGET_PACKS = 8
 TARGET_LIB = "dbus_fast"
 TARGET_RATIO = 1.5  # at 1 update/s per pack
@@ -101,6 +102,33 @@ LAUNCHER = (
     "if os.getppid() != int(sys.argv[1]):\n"
     "    os._exit(70)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+# Starts the original program's main script (DIR/dab.py) with the bank's size: its settings
+# module (a module of constants in the harness) is imported first and the two numbers that
+# must match the simulated bank are set, so that the script's own `import settings` finds them.
+# Arguments: DIR, packs, cells.
+ORIGINAL_LAUNCHER = (
+    "import runpy, sys\n"
+    "d = sys.argv[1]\n"
+    "sys.path.insert(0, d)\n"
+    "import settings\n"
+    "settings.NR_OF_BATTERIES = int(sys.argv[2])\n"
+    "settings.NR_OF_CELLS_PER_BATTERY = int(sys.argv[3])\n"
+    "sys.argv = [d + '/dab.py']\n"
+    "runpy.run_path(d + '/dab.py', run_name='__main__')\n"
+)
+# The original waits for com.victronenergy.settings before it looks for packs; the simulator
+# has none, so for that variant a simulated localsettings runs in its own process.
+SETTINGS_LAUNCHER = (
+    "import asyncio, sys\n"
+    "from dbus_aggregate_batteries.sim.settings import SimSettings\n"
+    "async def main():\n"
+    "    s = SimSettings()\n"
+    "    await s.start(sys.argv[1])\n"
+    "    print('READY', flush=True)\n"
+    "    await asyncio.Event().wait()\n"
+    "asyncio.run(main())\n"
 )
 
 SUMMARY_RE = re.compile(r"missed ticks (\d+), tick failures (\d+)")
@@ -508,6 +536,8 @@ class Settings:
     rate: float = 1.0
     variant: str = "new"
     old_src: Path | None = None
+    original_dir: Path | None = None
+    original_python: str = "/usr/bin/python3"
     with_floor: bool = True
     consumer: bool = True
 
@@ -622,6 +652,8 @@ async def measure_service(
         if s.old_src is None:
             raise RuntimeError("variant 'old' needs --old-src")
         env = {**env, "PYTHONPATH": str(s.old_src)}
+    if s.variant == "original":
+        return await measure_original(n, address, sim_names, env, pids, work, log_dir, s)
     prefix: list[str] = []
     if s.cprofile_dir is not None:
         s.cprofile_dir.mkdir(parents=True, exist_ok=True)
@@ -754,6 +786,130 @@ async def measure_service(
             await consumer.astop()
         if service is not None:
             await service.astop()
+        await _dbus.disconnect(bus)
+
+
+async def measure_original(
+    n: int,
+    address: str,
+    sim_names: list[str],
+    env: dict[str, str],
+    pids: dict[str, int],
+    work: Path,
+    log_dir: Path,
+    s: Settings,
+) -> dict[str, Any]:
+    """The original program in place of the service: same bus, packs, window and probes.
+
+    It has no missed-tick counter; the latency probe's gaps between its ItemsChanged are the
+    only check that it kept up.
+    """
+    if s.original_dir is None:
+        raise RuntimeError("variant 'original' needs --original")
+    state_dir = work / "original-state"
+    state_dir.mkdir()
+    # -1: no stored charge, so the original starts its counter from the packs' SoC.
+    (state_dir / "storedvalue_charge").write_text("-1")
+    # The system interpreter with dbus-python and gi: nothing of our venv may leak into it.
+    orig_env = {
+        k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
+    orig_env.update(DBUS_SESSION_BUS_ADDRESS=address, DAB_STATE=str(state_dir))
+    bus = await _dbus.connect(address)
+    settings: Child | None = None
+    original: Child | None = None
+    consumer: Child | None = None
+    try:
+        settings = Child(
+            "settings", [sys.executable, "-c", SETTINGS_LAUNCHER, address], env, log_dir
+        )
+        await settings.wait_line(lambda t: t.startswith("READY"), 30.0)
+        t_start = time.monotonic()
+        original = Child(
+            "original",
+            [
+                s.original_python,
+                "-c",
+                ORIGINAL_LAUNCHER,
+                str(s.original_dir.resolve()),
+                str(n),
+                str(s.cells),
+            ],
+            orig_env,
+            log_dir,
+        )
+        aggregate_owner = await wait_owner(bus, AGGREGATE, 60.0, original)
+        # It owns the name before it has found the packs; its tick starts a second after.
+        await original.wait_line(lambda t: f"> {n} batteries found." in t, 60.0)
+        startup_s = time.monotonic() - t_start
+        measured = {"service": original.pid, "settings": settings.pid, **pids}
+        if s.consumer:
+            consumer = Child(
+                "consumer",
+                [sys.executable, str(CONSUMER_SCRIPT), "--bus", address],
+                env,
+                log_dir,
+            )
+            await consumer.wait_line(lambda t: t.startswith("READY"), 30.0)
+            measured["consumer"] = consumer.pid
+        pack_owners = []
+        for name in sim_names[:n]:
+            owner = await name_owner(bus, name)
+            if owner is None:
+                raise RuntimeError(f"pack {name} is not on the bus")
+            pack_owners.append(owner)
+        probe = LatencyProbe(pack_owners, aggregate_owner)
+        bus.add_message_handler(probe.on_message)
+        for rule in probe.rules():
+            await _dbus.add_match(bus, rule)
+        log(f"  original up in {startup_s:.1f} s; warming up {s.warmup:.0f} s")
+        await asyncio.sleep(s.warmup)
+        window = CpuWindow(measured)
+        signals0 = probe.pack_signals
+        consumed0 = await _count(consumer) if consumer is not None else None
+        cpu = await window.run(s.duration, original.alive)
+        consumed1 = await _count(consumer) if consumer is not None else None
+        pack_signals = probe.pack_signals - signals0
+        w_start, w_end = window.t0, window.t0 + cpu["wall_s"]
+        mem = memory_mb(original.pid)
+        await asyncio.sleep(max(0.0, w_end + 2.0 * TICK_S - time.monotonic()))
+        latency = probe.report(w_start, w_end)
+        bus.remove_message_handler(probe.on_message)
+        code = await original.astop()
+        problems = log_problems(original)
+        consumed: dict[str, Any] | None = None
+        if consumer is not None and consumed0 is not None and consumed1 is not None:
+            span = consumed1[2] - consumed0[2]
+            consumed = {
+                "cpu_pct": cpu["consumer"]["cpu_pct"],
+                "cpu_pct_schedstat": cpu["consumer"]["cpu_pct_schedstat"],
+                "signals_per_s": (consumed1[0] - consumed0[0]) / span,
+                "values_per_s": (consumed1[1] - consumed0[1]) / span,
+            }
+        return {
+            "program": "original",
+            "original_dir": str(s.original_dir),
+            "python": s.original_python,
+            "startup_s": startup_s,
+            "window": cpu,
+            "cpu_pct": cpu["service"]["cpu_pct"],
+            "consumer": consumed,
+            "peak_rss_mb": mem.get("VmHWM"),
+            "rss_end_mb": mem.get("VmRSS"),
+            "missed_ticks": None,
+            "missed_ticks_total": None,
+            "tick_failures": None,
+            "missed_ticks_bracket_s": None,
+            "pack_current_signals_per_s": pack_signals / cpu["wall_s"],
+            "latency": latency,
+            "exit_code": code,
+            "log_warnings": problems[:20],
+            "log_warning_count": len(problems),
+        }
+    finally:
+        for child in (consumer, original, settings):
+            if child is not None:
+                await child.astop()
         await _dbus.disconnect(bus)
 
 
@@ -995,16 +1151,42 @@ def detail_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _original_of(results: Sequence[dict[str, Any]], r: dict[str, Any]) -> float | None:
+    """CPU % of the original program in the same repeat, size and rate as ``r``, if run."""
+    for o in results:
+        if (
+            o.get("variant") == "original"
+            and "error" not in o
+            and o.get("repeat") == r.get("repeat")
+            and o.get("packs") == r.get("packs")
+            and o.get("rate") == r.get("rate")
+        ):
+            cpu: float = o["service"]["cpu_pct"]
+            return cpu
+    return None
+
+
 def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 12's goals, for the runs they are about (dbus-fast, 8 packs, this tree)."""
+    """Issue 12's goals, for the runs they are about (8 packs, this tree)."""
     out = []
     for r in results:
         if (
-            r.get("library") != TARGET_LIB
-            or r.get("packs") != TARGET_PACKS
+            r.get("packs") != TARGET_PACKS
             or r.get("variant", "new") != "new"
             or "error" in r
         ):
+            continue
+        original = _original_of(results, r)
+        if r.get("library") != TARGET_LIB:
+            # dbus-next: no worse than the original program at 1 update/s.
+            if original is not None and r.get("rate", 1.0) <= 1.0:
+                mine = r["service"]["cpu_pct"]
+                out.append({
+                    f"{r['library']} CPU <= the original's at 1/s (repeat {r.get('repeat')})": {
+                        "value": mine / original if original > 0 else None,
+                        "ok": mine <= original,
+                    }
+                })
             continue
         svc = r["service"]
         ratio_target = TARGET_RATIO if r.get("rate", 1.0) <= 1.0 else TARGET_RATIO_FAST
@@ -1022,6 +1204,12 @@ def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 svc["latency"]["p99_ms"] is not None and svc["latency"]["p99_ms"] <= TARGET_P99_MS,
             ),
         }
+        if original is not None and r.get("rate", 1.0) <= 1.0:
+            share = svc["cpu_pct"] / original if original > 0 else None
+            checks["CPU <= 1/3 of the original at 1/s (value: share)"] = (
+                share,
+                share is not None and share <= 1.0 / 3.0,
+            )
         out.append({k: {"value": v, "ok": ok} for k, (v, ok) in checks.items()})
     return out
 
@@ -1132,10 +1320,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants", type=_csv(str), default=["new"],
         help="new (this tree), new-pc (this tree with publish.properties_changed: true), "
-        "old (the tree given by --old-src)",
+        "old (the tree given by --old-src), original (the program given by --original)",
     )
     p.add_argument("--old-src", type=Path, default=None,
                    help="src/ directory of another version, for variant old")
+    p.add_argument(
+        "--original", type=Path, default=None, metavar="DIR",
+        help="also run the original program (dbus-python + GLib) from DIR (its dab.py and "
+        "modules; see the README) as variant 'original', once per repeat, rate and size, with "
+        "the first library's runs",
+    )
+    p.add_argument("--original-python", default="/usr/bin/python3",
+                   help="interpreter for --original (needs dbus-python and gi)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the whole set (interleaved)")
     p.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     p.add_argument("--no-consumer", action="store_true",
@@ -1180,15 +1376,32 @@ async def amain(args: argparse.Namespace) -> int:
             raise SystemExit(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
     if "old" in args.variants and args.old_src is None:
         raise SystemExit("variant 'old' needs --old-src")
+    if args.original is not None:
+        if "original" not in args.variants:
+            args.variants = [*args.variants, "original"]
+        if not (args.original / "dab.py").is_file():
+            raise SystemExit(f"--original {args.original}: no dab.py there")
+        probe = subprocess.run(
+            [args.original_python, "-c", "import dbus, gi"], capture_output=True, check=False
+        )
+        if probe.returncode != 0:
+            raise SystemExit(
+                f"{args.original_python} cannot import dbus and gi (Debian: python3-dbus "
+                f"python3-gi): {probe.stderr.decode(errors='replace').strip()}"
+            )
+    elif "original" in args.variants:
+        raise SystemExit("variant 'original' needs --original DIR")
     # Interleaved, so that a slow phase of the shared machine hits every variant alike. The
     # floor is measured once per (repeat, library, size, rate), in the first variant's run.
+    # The original uses neither library: it runs once, with the first library's runs.
     runs = [
-        (lib, n, rate, variant)
-        for _ in range(args.repeat)
+        (rep, lib, n, rate, variant)
+        for rep in range(args.repeat)
         for lib in args.libs
         for n in args.sizes
         for rate in args.rates
         for variant in args.variants
+        if variant != "original" or lib == args.libs[0]
     ]
     per_run_limit = 2.0 * (args.duration + args.warmup) + args.summary_interval + 240.0
     log(f"{len(runs)} run(s), at most {len(runs) * per_run_limit / 60:.0f} min")
@@ -1205,10 +1418,12 @@ async def amain(args: argparse.Namespace) -> int:
             pyspy_dir=args.py_spy,
             cprofile_dir=args.cprofile,
         )
-        for lib, n, rate, variant in runs:
+        for rep, lib, n, rate, variant in runs:
             settings.rate = rate
             settings.variant = variant
             settings.old_src = args.old_src
+            settings.original_dir = args.original
+            settings.original_python = args.original_python
             settings.with_floor = variant == args.variants[0] and not args.no_floor
             settings.consumer = not args.no_consumer
             try:
@@ -1220,6 +1435,9 @@ async def amain(args: argparse.Namespace) -> int:
                     "library": lib, "packs": n, "rate": rate, "variant": variant,
                     "error": f"{type(exc).__name__}: {exc}",
                 }
+            result["repeat"] = rep
+            if variant == "original":
+                result["library"] = "dbus-python"  # the probe client still used `lib`
             results.append(result)
             write_json(args.out, args, results)
             print(table([result]).splitlines()[-1], flush=True)
@@ -1228,7 +1446,7 @@ async def amain(args: argparse.Namespace) -> int:
     print("\ncross-checks (ns = CPU from /proc/<pid>/task/*/schedstat; % of one core):")
     print(detail_table(results))
     for check in targets(results):
-        print(f"\ntargets ({TARGET_LIB}, {TARGET_PACKS} packs):")
+        print(f"\ntargets ({TARGET_PACKS} packs):")
         for name, c in check.items():
             value = c["value"]
             shown = "--" if value is None else f"{value:.2f}"

@@ -6,6 +6,9 @@ Groups the runs by library, packs, update rate and variant. CPU figures are from
 (ns, per thread) in % of one core. Every run's ratio is taken against the floor measured in
 the same repeat (same daemon, same simulator, minutes apart at most), so slow phases of a
 shared machine cancel out as far as they can; the table shows the median and min..max.
+Runs of the original program (``--original``) have no floor of their own (they use neither
+library); every other run is also compared with the original's run of the same repeat, size
+and rate in the same file ("/ original").
 """
 
 from __future__ import annotations
@@ -35,21 +38,34 @@ def summarise(paths: Sequence[Path]) -> str:
     for path in paths:
         doc = json.loads(path.read_text())
         floor: float | None = None
+        floor_lib = ""
+        originals = {
+            (r.get("repeat"), r["packs"], r.get("rate", 1.0)): (
+                r["service"]["window"]["service"]["cpu_pct_schedstat"]
+            )
+            for r in doc["results"]
+            if r.get("variant") == "original" and "error" not in r
+        }
         for r in doc["results"]:
             if "error" in r:
                 continue
             if "floor" in r:
                 floor = r["floor"]["window"]["floor"]["cpu_pct_schedstat"]
+                floor_lib = r["library"]
             svc = r["service"]
             cpu = svc["window"]["service"]["cpu_pct_schedstat"]
             key = (r["library"], r["packs"], r.get("rate", 1.0), r.get("variant", "new"))
             g = groups[key]
             g["service"].append(cpu)
             g["rss"].append(svc["peak_rss_mb"])
-            g["missed"].append(svc["missed_ticks"] or 0)
-            if floor:
+            if svc["missed_ticks"] is not None:
+                g["missed"].append(svc["missed_ticks"])
+            if floor and r["library"] == floor_lib:
                 g["floor"].append(floor)
                 g["ratio"].append(cpu / floor)
+            original = originals.get((r.get("repeat"), r["packs"], r.get("rate", 1.0)))
+            if original and r.get("variant") != "original":
+                g["vs_original"].append(cpu / original)
             cons = svc.get("consumer")
             if cons:
                 g["consumer"].append(cons["cpu_pct_schedstat"] if "cpu_pct_schedstat" in cons
@@ -57,18 +73,20 @@ def summarise(paths: Sequence[Path]) -> str:
                 g["consumer_signals"].append(cons["signals_per_s"])
     head = (
         "| library | packs | updates/s | variant | runs | service CPU % | floor CPU % "
-        "| service / floor | consumer CPU % | consumer signals/s | peak RSS MB | missed ticks |"
+        "| service / floor | service / original | consumer CPU % | consumer signals/s "
+        "| peak RSS MB | missed ticks |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    order = {"new": 0, "new-pc": 1, "old": 2}
+    order = {"new": 0, "new-pc": 1, "old": 2, "original": 3}
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9))):
         lib, packs, rate, variant = key
         g = groups[key]
         rows.append(
             f"| {lib} | {packs} | {rate:g} | {variant} | {len(g['service'])} "
             f"| {_cell(g['service'])} | {_cell(g['floor'])} | {_cell(g['ratio'])} "
+            f"| {_cell(g['vs_original'])} "
             f"| {_cell(g['consumer'], '.3f')} | {_cell(g['consumer_signals'], '.1f')} "
-            f"| {_cell(g['rss'], '.1f')} | {sum(g['missed']):.0f} |"
+            f"| {_cell(g['rss'], '.1f')} | {sum(g['missed']) if g['missed'] else '--'} |"
         )
     return "\n".join(rows)
 
