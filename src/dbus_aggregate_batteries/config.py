@@ -211,6 +211,28 @@ class SocConfig(_Base):
         return value
 
 
+def _ascending_within(xs: list[float], low: float, high: float, what: str) -> list[float]:
+    """A table's x column: finite, within ``low..high`` and strictly ascending."""
+    for index, x in enumerate(xs):
+        if not math.isfinite(x) or not low <= x <= high:
+            raise ValueError(f"item {index}: entries must be within {what}")
+    for index, (a, b) in enumerate(pairwise(xs)):
+        if b <= a:
+            raise ValueError(f"must be strictly ascending (item {index + 1}: {b:g} after {a:g})")
+    return xs
+
+
+def _factors_matching(ys: list[float], info: ValidationInfo, x_name: str) -> list[float]:
+    """A table's factor column: within 0..1 and as long as its x column ``x_name``."""
+    for index, y in enumerate(ys):
+        if not math.isfinite(y) or not 0.0 <= y <= 1.0:
+            raise ValueError(f"item {index}: entries must be within 0..1")
+    xs = info.data.get(x_name)
+    if xs is not None and len(xs) != len(ys):
+        raise ValueError(f"has {len(ys)} entries but {x_name} has {len(xs)}; they must match")
+    return ys
+
+
 class Table(_Base):
     """A piecewise-linear factor table over a cell voltage."""
 
@@ -222,28 +244,12 @@ class Table(_Base):
     @field_validator("cell_voltage_v")
     @classmethod
     def _voltages(cls, xs: list[float]) -> list[float]:
-        for index, x in enumerate(xs):
-            if not math.isfinite(x) or not 0.5 <= x <= 5.0:
-                raise ValueError(f"item {index}: entries must be within 0.5..5.0 V")
-        for index, (a, b) in enumerate(pairwise(xs)):
-            if b <= a:
-                raise ValueError(
-                    f"must be strictly ascending (item {index + 1}: {b:g} after {a:g})"
-                )
-        return xs
+        return _ascending_within(xs, 0.5, 5.0, "0.5..5.0 V")
 
     @field_validator("factor")
     @classmethod
     def _factors(cls, ys: list[float], info: ValidationInfo) -> list[float]:
-        for index, y in enumerate(ys):
-            if not math.isfinite(y) or not 0.0 <= y <= 1.0:
-                raise ValueError(f"item {index}: entries must be within 0..1")
-        xs = info.data.get("cell_voltage_v")
-        if xs is not None and len(xs) != len(ys):
-            raise ValueError(
-                f"has {len(ys)} entries but cell_voltage_v has {len(xs)}; they must match"
-            )
-        return ys
+        return _factors_matching(ys, info, "cell_voltage_v")
 
 
 class TemperatureTable(_Base):
@@ -255,28 +261,12 @@ class TemperatureTable(_Base):
     @field_validator("temperature_c")
     @classmethod
     def _temperatures(cls, xs: list[float]) -> list[float]:
-        for index, x in enumerate(xs):
-            if not math.isfinite(x) or not -50.0 <= x <= 120.0:
-                raise ValueError(f"item {index}: entries must be within -50..120 °C")
-        for index, (a, b) in enumerate(pairwise(xs)):
-            if b <= a:
-                raise ValueError(
-                    f"must be strictly ascending (item {index + 1}: {b:g} after {a:g})"
-                )
-        return xs
+        return _ascending_within(xs, -50.0, 120.0, "-50..120 °C")
 
     @field_validator("factor")
     @classmethod
     def _factors(cls, ys: list[float], info: ValidationInfo) -> list[float]:
-        for index, y in enumerate(ys):
-            if not math.isfinite(y) or not 0.0 <= y <= 1.0:
-                raise ValueError(f"item {index}: entries must be within 0..1")
-        xs = info.data.get("temperature_c")
-        if xs is not None and len(xs) != len(ys):
-            raise ValueError(
-                f"has {len(ys)} entries but temperature_c has {len(xs)}; they must match"
-            )
-        return ys
+        return _factors_matching(ys, info, "temperature_c")
 
 
 class TemperatureConfig(_Base):
