@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dbus_aggregate_batteries import __version__
-from dbus_aggregate_batteries.config import Config, ConfigError, dump_config, load_config
+
+if TYPE_CHECKING:
+    from dbus_aggregate_batteries.config import Config, ConfigError
 
 EXIT_CONFIG = 2
+
+
+def _lean_process() -> None:
+    """Keep modules the service never uses out of the long-running process.
+
+    Imported only by the command, never by the package: the config module is imported lazily
+    below so that this runs first. asyncio imports ``ssl`` and pydantic (through ``secrets``)
+    ``_hashlib``, which map OpenSSL's libssl and libcrypto; the service talks to a local bus
+    only. Both importers fall back cleanly when the import fails (asyncio without TLS,
+    ``hashlib`` on Python's built-in hashes), and a ``None`` entry in ``sys.modules`` is the
+    documented way to make it fail. Measured: 5.3 MB less peak RSS (README, "Imports").
+    """
+    for name in ("ssl", "_hashlib"):
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -22,6 +41,8 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def _load(path: str) -> Config | None:
+    from dbus_aggregate_batteries.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -38,6 +59,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from dbus_aggregate_batteries.config import dump_config
+
     cfg = _load(args.file)
     if cfg is None:
         return EXIT_CONFIG
@@ -115,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dbus-aggregate-batteries`` command."""
     args = build_parser().parse_args(argv)
+    # Plugins found in site-packages would run inside our config validation and cost a scan
+    # of every installed distribution at start; we use none.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    if args.func is _cmd_run:
+        _lean_process()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
