@@ -91,7 +91,7 @@ TARGET_PACKS = 8
 TARGET_LIB = "dbus_fast"
 TARGET_RATIO = 1.5  # at 1 update/s per pack
 TARGET_RATIO_FAST = 1.2  # at 10 updates/s per pack
-TARGET_RSS_MB = 42.6
+TARGET_RSS_MB = 40.0  # the issue: "Peak RSS is ~40 MB" when it was filed
 TARGET_P99_MS = 1000.0 * TICK_S
 
 # Runs before exec in every child: die with us (PR_SET_PDEATHSIG = 1, SIGTERM), and do not
