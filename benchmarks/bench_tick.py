@@ -9,6 +9,8 @@ same code the service runs per tick, each part timed separately:
 * ``apply_one``: the per-signal model update (one call per changed path, as discovery does);
 * ``snapshot``: ``ServiceState.snapshot`` for every pack (incremental: only changed paths
   are checked again);
+* ``assess``: the pure roster (``core.roster.assess``) on every pack's snapshot, as the
+  service runs it before the step (building its inputs included);
 * ``step``: the pure engine step;
 * ``publish``: ``BusItemService.publish`` on a fake connection that marshals every message
   (the library's own work before the socket write) but sends nothing.
@@ -39,6 +41,7 @@ from typing import Any
 from dbus_aggregate_batteries.config import parse_config
 from dbus_aggregate_batteries.core.engine import EngineState, step
 from dbus_aggregate_batteries.core.model import AuxSnapshot, PackSnapshot, pack_from_values
+from dbus_aggregate_batteries.core.roster import PackInput, RosterState, assess
 from dbus_aggregate_batteries.core.venus import Value, round_for_path
 from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.shell.export import BusItemService, Signals
@@ -129,6 +132,7 @@ class Load:
 class Times:
     apply: float = 0.0
     snapshot: float = 0.0
+    assess: float = 0.0
     step: float = 0.0
     publish: float = 0.0
     signals: int = 0
@@ -137,7 +141,7 @@ class Times:
 
     @property
     def tick(self) -> float:
-        return self.snapshot + self.step + self.publish
+        return self.snapshot + self.assess + self.step + self.publish
 
 
 def full_snapshots(packs: list[ServiceState], name_path: str, with_cells: bool) -> Callable[
@@ -180,6 +184,7 @@ async def run_one(
         def snapshots() -> list[PackSnapshot]:
             return [s.snapshot(name_path, with_cells=with_cells)[0] for s in packs]
     engine = EngineState()
+    roster = RosterState()
     first = step(cfg, engine, snapshots(), AuxSnapshot(), now_s=0.0, today=date.today())
     bus = MarshalOnlyBus()
     signals: Signals = "both" if previous else "items"
@@ -203,15 +208,25 @@ async def run_one(
         t1 = time.perf_counter()
         snaps = snapshots()
         t2 = time.perf_counter()
-        result = step(cfg, engine, snaps, AuxSnapshot(), now_s=now, today=date.today())
-        engine = result.state
+        inputs = [
+            PackInput(svc.name, svc.identity, snap, svc.alive_s, svc.probe_failed,
+                      svc.values.get("/Connected", 1))
+            for svc, snap in zip(packs, snaps, strict=True)
+        ]
+        verdict = assess(cfg, roster, inputs, now_s=now)
+        roster = verdict.state
         t3 = time.perf_counter()
-        t.changed += out.publish(result.values)
+        result = step(cfg, engine, verdict.healthy, AuxSnapshot(), now_s=now,
+                      today=date.today(), missing=verdict.missing)
+        engine = result.state
         t4 = time.perf_counter()
+        t.changed += out.publish(result.values)
+        t5 = time.perf_counter()
         t.apply += t1 - t0
         t.snapshot += t2 - t1
-        t.step += t3 - t2
-        t.publish += t4 - t3
+        t.assess += t3 - t2
+        t.step += t4 - t3
+        t.publish += t5 - t4
     t.messages = bus.sent
     return t
 
@@ -227,7 +242,10 @@ async def run(args: argparse.Namespace) -> int:
         f"{args.ticks} ticks, gap {args.gap:g} s; per tick, median of {args.repeat} runs "
         f"(min..max), us"
     )
-    header = "| packs x cells | signals | apply_one | snapshot | step | publish | tick | messages |"
+    header = (
+        "| packs x cells | signals | apply_one | snapshot | assess | step | publish | tick "
+        "| messages |"
+    )
     if args.compare:
         header += " previous tick | previous messages |"
     print(header)
@@ -251,6 +269,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"| {n} x {cells} | {r.signals / args.ticks:.0f} "
                 f"| {fmt([x.apply * us for x in runs])} "
                 f"| {fmt([x.snapshot * us for x in runs])} "
+                f"| {fmt([x.assess * us for x in runs])} "
                 f"| {fmt([x.step * us for x in runs])} "
                 f"| {fmt([x.publish * us for x in runs])} "
                 f"| **{fmt([x.tick * us for x in runs])}** "
