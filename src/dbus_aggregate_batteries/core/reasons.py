@@ -68,6 +68,14 @@ def reason_events(
     log: ReasonLog, old: Reasons, new: Reasons, now_s: float
 ) -> tuple[ReasonLog, tuple[Event, ...]]:
     """One INFO event per limit whose binding constraint changed and has held for a while."""
+    logged_now = log.logged
+    if (
+        new.cvl.key == old.cvl.key == logged_now.cvl.key
+        and new.ccl.key == old.ccl.key == logged_now.ccl.key
+        and new.dcl.key == old.dcl.key == logged_now.dcl.key
+    ):
+        # The usual tick: every constraint is the one already logged; nothing to change.
+        return log, ()
     events = []
     logged = []
     since = []

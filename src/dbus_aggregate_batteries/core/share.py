@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from dbus_aggregate_batteries.config import ShareConfig
 from dbus_aggregate_batteries.core.model import PackSnapshot
@@ -78,7 +78,10 @@ class ShareLimits:
 
 
 def _with(ps: PackShare, direction: str, share: float | None) -> PackShare:
-    return replace(ps, charge=share) if direction == "charge" else replace(ps, discharge=share)
+    # Built directly: dataclasses.replace introspects the fields at every call (hot path).
+    if direction == "charge":
+        return PackShare(share, ps.discharge, ps.ccl_history, ps.dcl_history)
+    return PackShare(ps.charge, share, ps.ccl_history, ps.dcl_history)
 
 
 def _share(ps: PackShare, direction: str) -> float | None:
@@ -88,9 +91,9 @@ def _share(ps: PackShare, direction: str) -> float | None:
 def _renormalise(
     packs: dict[str, PackShare], left: set[str], remaining: set[str], direction: str
 ) -> None:
-    shares = {k: _share(packs[k], direction) if k in packs else None for k in remaining}
     if not left or not remaining:
         return
+    shares = {k: _share(packs[k], direction) if k in packs else None for k in remaining}
     known = [s for s in shares.values() if s is not None]
     if len(known) != len(shares) or sum(known) <= 0.0:
         for k in remaining:
@@ -116,6 +119,13 @@ def _history(
 ) -> tuple[tuple[float, float], ...]:
     if limit is None or window_s <= 0.0:
         return ()
+    if old and old[-1][0] < now_s:
+        # The samples are in rising time order (each tick appends the newest and keeps only
+        # older ones), so the kept ones are a suffix: drop the expired head, keep the rest.
+        start = 0
+        while start < len(old) and now_s - old[start][0] > window_s:
+            start += 1
+        return (*old[start:], (now_s, limit))
     return (*(h for h in old if now_s - h[0] <= window_s and h[0] < now_s), (now_s, limit))
 
 
@@ -130,8 +140,19 @@ def fall_rate(history: tuple[tuple[float, float], ...]) -> float:
     if len(history) < 3:
         return 0.0
     (t0, l0), (t1, l1) = history[0], history[-1]
-    middle = min(history[1:-1], key=lambda h: abs(h[0] - (t0 + t1) / 2.0))
-    tm, lm = middle
+    if l0 <= l1:
+        # Not lower at the end than at the start: the two halves cannot both fall, so the
+        # result below would be 0.0 too.  The usual case (a steady limit), decided cheaply.
+        return 0.0
+    # The sample nearest the middle of the window (the first of equals), without a key
+    # function: this runs for every pack and direction at every tick.
+    centre = (t0 + t1) / 2.0
+    tm, lm = history[1]
+    best = abs(tm - centre)
+    for t, lim in history[2:-1]:
+        d = abs(t - centre)
+        if d < best:
+            best, tm, lm = d, t, lim
     if tm <= t0 or t1 <= tm:
         return 0.0
     return max(0.0, min((l0 - lm) / (tm - t0), (lm - l1) / (t1 - tm)))
@@ -176,10 +197,11 @@ def step_share(
     window = TREND_WINDOW_S if cfg.anticipate_s > 0.0 else 0.0
     for p in healthy:
         old_ps = packs[p.service]
-        packs[p.service] = replace(
-            old_ps,
-            ccl_history=_history(old_ps.ccl_history, now_s, p.ccl_a, window),
-            dcl_history=_history(old_ps.dcl_history, now_s, p.dcl_a, window),
+        packs[p.service] = PackShare(
+            old_ps.charge,
+            old_ps.discharge,
+            _history(old_ps.ccl_history, now_s, p.ccl_a, window),
+            _history(old_ps.dcl_history, now_s, p.dcl_a, window),
         )
 
     n = max(1, len(healthy))
@@ -211,31 +233,40 @@ def _bank_limit(
     floor: float,
 ) -> tuple[float | None, Reason]:
     name = "CCL" if direction == "charge" else "DCL"
+    charge = direction == "charge"
     best: float | None = None
-    reason = Reason(f"share-none-{name}", f"no pack reports a {name}")
-    for p, is_missing in [*((p, False) for p in healthy), *((p, True) for p in missing)]:
-        limit = p.ccl_a if direction == "charge" else p.dcl_a
+    # The binding pack's figures; its reason text is formatted once, after the loop.
+    binding: tuple[PackSnapshot, float, float, bool, float, bool] | None = None
+    n_healthy = len(healthy)
+    for i, p in enumerate((*healthy, *missing)):
+        limit = p.ccl_a if charge else p.dcl_a
         if limit is None:
             continue
-        ps = packs.get(p.service, PackShare())
-        share = _share(ps, direction)
+        ps = packs.get(p.service, _NO_SHARE)
+        share = ps.charge if charge else ps.discharge
         measured = share is not None
         share = max(floor, share) if share is not None else assumed
-        fall = fall_rate(ps.ccl_history if direction == "charge" else ps.dcl_history)
+        fall = fall_rate(ps.ccl_history if charge else ps.dcl_history)
         anticipated = max(0.0, limit - fall * cfg.anticipate_s)
         bank = anticipated / share * (1.0 - cfg.headroom)
         if best is None or bank < best:
             best = bank
-            notes = []
-            if not measured:
-                notes.append("assumed")
-            if anticipated < limit:
-                notes.append(f"falling, {anticipated:.0f} A expected")
-            if is_missing:
-                notes.append("last known, missing")
-            extra = f" ({', '.join(notes)})" if notes else ""
-            reason = Reason(
-                f"share {p.service}",
-                f"{p.label} {name} {limit:.0f} A at {share * 100:.0f} % share{extra}",
-            )
-    return best, reason
+            binding = (p, limit, share, measured, anticipated, i >= n_healthy)
+    if binding is None:
+        return best, Reason(f"share-none-{name}", f"no pack reports a {name}")
+    p, limit, share, measured, anticipated, is_missing = binding
+    notes = []
+    if not measured:
+        notes.append("assumed")
+    if anticipated < limit:
+        notes.append(f"falling, {anticipated:.0f} A expected")
+    if is_missing:
+        notes.append("last known, missing")
+    extra = f" ({', '.join(notes)})" if notes else ""
+    return best, Reason(
+        f"share {p.service}",
+        f"{p.label} {name} {limit:.0f} A at {share * 100:.0f} % share{extra}",
+    )
+
+
+_NO_SHARE = PackShare()  # a pack never seen by the rule (frozen: one instance serves all)
