@@ -219,6 +219,8 @@ def step(
     """Compute everything the virtual battery publishes for this tick."""
     events: list[Event] = []
     merged = merge_packs(healthy)
+    # Every pack the limits must respect: a missing one may still be connected.
+    known = [*healthy, *missing]
     expected = max(expected_count, len(healthy) + len(missing))
     # No pack at all is degraded too: the owner must see that nothing is being merged.
     degraded = len(healthy) < expected or not healthy
@@ -310,10 +312,10 @@ def step(
             # A missing pack may still be connected: its last known high cell keeps the CVL
             # down and PV feed-in off.
             cvl, high_cell = dynamic_cvl(
-                [*healthy, *missing], own, target_cell * n_cells, n_cells
+                known, own, target_cell * n_cells, n_cells
             )
             if own.cvl_control == "regulate":
-                highs = [p.max_cell_v for p in [*healthy, *missing] if p.max_cell_v is not None]
+                highs = [p.max_cell_v for p in known if p.max_cell_v is not None]
                 regulator, regulated = regulate_cvl(
                     regulator,
                     own,
@@ -337,7 +339,7 @@ def step(
             )
         cvl_reason = own_cvl_reason(
             balancing.phase is not BalancePhase.IDLE, target_cell, n_cells, high_cell,
-            [*healthy, *missing],
+            known,
         )
         if not high_cell and cvl is not None and n_cells and cvl < target_cell * n_cells - 0.005:
             cvl_reason = Reason(
@@ -366,16 +368,16 @@ def step(
                 min_cell = min([*lows, *([min_cell] if min_cell is not None else [])])
         latched = update_discharge_latch(latched, min_cell, own)
         currents, ev = own_current_limits(
-            own, [*healthy, *missing], max_cell_v=max_cell, min_cell_v=min_cell,
+            own, known, max_cell_v=max_cell, min_cell_v=min_cell,
             discharge_latched=latched,
         )
         events.extend(ev)
         ccl_reason, dcl_reason = own_current_reasons(
-            own, [*healthy, *missing], max_cell, min_cell, latched
+            own, known, max_cell, min_cell, latched
         )
         if cfg.limits.temperature.own:
             currents, ccl_reason, dcl_reason = _temperature_limits(
-                cfg, [*healthy, *missing], currents, ccl_reason, dcl_reason,
+                cfg, known, currents, ccl_reason, dcl_reason,
                 (own.max_charge_current_a, own.max_discharge_current_a),
             )
         if own.pack_limits == "share":
@@ -426,7 +428,7 @@ def step(
             currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
         if cfg.limits.temperature.bms_cap:
             currents, ccl_reason, dcl_reason = _temperature_limits(
-                cfg, [*healthy, *missing], currents, ccl_reason, dcl_reason,
+                cfg, known, currents, ccl_reason, dcl_reason,
                 (currents.ccl_a, currents.dcl_a),
             )
         lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
@@ -534,7 +536,7 @@ def step(
             CVL_REASON_PATH: reasons.cvl.text,
             CCL_REASON_PATH: reasons.ccl.text,
             DCL_REASON_PATH: reasons.dcl.text,
-            "/Alarms/BatteryTemperatureSensor": _temperature_alarm(cfg, [*healthy, *missing]),
+            "/Alarms/BatteryTemperatureSensor": _temperature_alarm(cfg, known),
             "/Info/ChargeMode": _charge_mode(cfg, healthy, new_state),
             "/Io/AllowToCharge": 0 if limits.ccl_a <= 0.0 else (merged.allow_to_charge or 1),
             "/Io/AllowToDischarge": 0 if limits.dcl_a <= 0.0 else (merged.allow_to_discharge or 1),

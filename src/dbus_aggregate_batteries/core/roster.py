@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from dbus_aggregate_batteries.config import Config
 from dbus_aggregate_batteries.core.health import Health, bms_health
@@ -131,21 +132,26 @@ def fingerprint(snap: PackSnapshot) -> Fingerprint:
     Limits, alarms, ids and driver timers are left out: a driver whose BMS is gone can still
     recompute those.
     """
-    return (
-        snap.voltage_v,
-        snap.current_a,
-        snap.power_w,
-        snap.temperature_c,
-        snap.soc_pct,
-        snap.capacity_ah,
-        snap.consumed_ah,
-        snap.max_cell_v,
-        snap.min_cell_v,
-        snap.max_cell_temp_c,
-        snap.min_cell_temp_c,
-        snap.voltages_sum_v,
-        snap.cells,
-    )
+    fp: Fingerprint = _FINGERPRINT(snap)
+    return fp
+
+
+# One C-level call per pack and tick for the tuple below.
+_FINGERPRINT = attrgetter(
+    "voltage_v",
+    "current_a",
+    "power_w",
+    "temperature_c",
+    "soc_pct",
+    "capacity_ah",
+    "consumed_ah",
+    "max_cell_v",
+    "min_cell_v",
+    "max_cell_temp_c",
+    "min_cell_temp_c",
+    "voltages_sum_v",
+    "cells",
+)
 
 
 def _accepts(snap: PackSnapshot, charging: bool) -> bool:
@@ -180,7 +186,11 @@ def expected_currents(
     """
     weights = _weights(packs)
     measured = measured_current_a or 0.0
-    takers = sum(weights[p.service] for p in packs if _accepts(p.snapshot, measured > 0))
+    # Which packs can take the measured current (only asked when there is one).
+    accepts = (
+        [_accepts(p.snapshot, measured > 0) for p in packs] if measured else [False] * len(packs)
+    )
+    takers = sum(weights[p.service] for p, ok in zip(packs, accepts, strict=True) if ok)
     # The fresh packs' reported currents and capacities, summed once; each pack then takes
     # its own part out to see what the others say.
     vouching = {p.service: p.snapshot.current_a or 0.0 for p in packs
@@ -188,11 +198,11 @@ def expected_currents(
     peer_amps = sum(vouching.values())
     peer_weight = sum(weights[name] for name in vouching)
     out: dict[str, float] = {}
-    for p in packs:
+    for i, p in enumerate(packs):
         snap = p.snapshot
         weight = weights[p.service]
         best = abs(snap.current_a) if snap.current_a is not None else 0.0
-        if measured and _accepts(snap, measured > 0):
+        if measured and accepts[i]:
             best = max(best, abs(measured) * weight / takers)
         amps, others = peer_amps, peer_weight
         if p.service in vouching:

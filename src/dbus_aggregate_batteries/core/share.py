@@ -177,31 +177,35 @@ def step_share(
     for direction in ("charge", "discharge"):
         _renormalise(packs, left, set(members), direction)
 
-    currents = [p.current_a for p in healthy]
-    if healthy and all(c is not None for c in currents):
-        total = sum(c for c in currents if c is not None)
+    currents = [p.current_a for p in healthy if p.current_a is not None]
+    measuring: str | None = None
+    total = 0.0
+    if healthy and len(currents) == len(healthy):
+        total = sum(currents)
         measuring = (
             "charge" if total >= cfg.min_current_a
             else "discharge" if total <= -cfg.min_current_a
             else None
         )
-        if measuring is not None:
-            for p in healthy:
-                assert p.current_a is not None
-                raw = min(1.0, max(0.0, p.current_a / total))
-                old = _share(packs[p.service], measuring)
-                # While a pack is missing the true total is unknown: shares may rise, never fall.
-                tau = math.inf if missing else cfg.smoothing_s
-                packs[p.service] = _with(packs[p.service], measuring, _smooth(old, raw, dt, tau))
-
+    # While a pack is missing the true total is unknown: shares may rise, never fall.
+    tau = math.inf if missing else cfg.smoothing_s
     window = TREND_WINDOW_S if cfg.anticipate_s > 0.0 else 0.0
+    # One new PackShare per pack and tick: the measured share and the limit histories.
     for p in healthy:
-        old_ps = packs[p.service]
+        ps = packs[p.service]
+        charge, discharge = ps.charge, ps.discharge
+        if measuring is not None:
+            assert p.current_a is not None
+            raw = min(1.0, max(0.0, p.current_a / total))
+            if measuring == "charge":
+                charge = _smooth(charge, raw, dt, tau)
+            else:
+                discharge = _smooth(discharge, raw, dt, tau)
         packs[p.service] = PackShare(
-            old_ps.charge,
-            old_ps.discharge,
-            _history(old_ps.ccl_history, now_s, p.ccl_a, window),
-            _history(old_ps.dcl_history, now_s, p.dcl_a, window),
+            charge,
+            discharge,
+            _history(ps.ccl_history, now_s, p.ccl_a, window),
+            _history(ps.dcl_history, now_s, p.dcl_a, window),
         )
 
     n = max(1, len(healthy))
