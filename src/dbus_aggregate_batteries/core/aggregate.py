@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 
 from dbus_aggregate_batteries.core.model import PackSnapshot
@@ -80,17 +81,12 @@ def _extreme(
     ident: Callable[[PackSnapshot], str | None],
     highest: bool,
 ) -> tuple[float | None, str | None]:
-    best: PackSnapshot | None = None
-    best_v: float | None = None
-    for pack in packs:
-        v = value(pack)
-        if v is None:
-            continue
-        if best_v is None or (v > best_v if highest else v < best_v):
-            best, best_v = pack, v
-    if best is None:
+    with_value = [p for p in packs if value(p) is not None]
+    if not with_value:
         return None, None
-    return best_v, _labelled(best, ident(best))
+    # max/min return the first of equal packs, as a strict comparison in a loop would.
+    best = max(with_value, key=value) if highest else min(with_value, key=value)  # type: ignore[arg-type]
+    return value(best), _labelled(best, ident(best))
 
 
 def _weighted_soc(packs: Sequence[PackSnapshot]) -> float | None:
@@ -100,7 +96,8 @@ def _weighted_soc(packs: Sequence[PackSnapshot]) -> float | None:
     weights = [c for _, c in pairs if c is not None and c > 0]
     if len(weights) == len(pairs):
         total = sum(weights)
-        soc = sum(s * (c or 0.0) for s, c in pairs) / total
+        # Every pair has its capacity in ``weights`` (same order): the same products.
+        soc = sum([s * c for (s, _), c in zip(pairs, weights, strict=True)]) / total
     else:
         # A pack without a usable capacity: weighting would be a guess; the plain mean is not.
         soc = sum(s for s, _ in pairs) / len(pairs)
@@ -109,11 +106,16 @@ def _weighted_soc(packs: Sequence[PackSnapshot]) -> float | None:
 
 def _time_to_go(packs: Sequence[PackSnapshot]) -> float | None:
     # The bank lasts as long as the capacity-weighted mean; any unknown pack makes it unknown.
-    pairs = [(p.time_to_go_s, p.installed_capacity_ah) for p in packs]
-    if not pairs or any(t is None or c is None or c <= 0 for t, c in pairs):
+    pairs = [
+        (p.time_to_go_s, p.installed_capacity_ah) for p in packs
+        if p.time_to_go_s is not None
+        and p.installed_capacity_ah is not None
+        and p.installed_capacity_ah > 0
+    ]
+    if not pairs or len(pairs) != len(packs):
         return None
-    total = sum(c for _, c in pairs if c is not None)
-    return sum((t or 0.0) * (c or 0.0) for t, c in pairs) / total
+    total = sum([c for _, c in pairs])
+    return sum([(t or 0.0) * c for t, c in pairs]) / total
 
 
 def _consumed_ah(packs: Sequence[PackSnapshot]) -> float | None:
@@ -147,7 +149,7 @@ _checked_values = attrgetter(*(name for _, name in _CHECKED))
 def _missing(packs: Sequence[PackSnapshot]) -> tuple[str, ...]:
     """The checked paths that some pack lacks (one C-level getter per pack: usually none)."""
     rows = [_checked_values(p) for p in packs]
-    if not any(None in row for row in rows):
+    if None not in chain.from_iterable(rows):
         return ()
     return tuple(
         path for i, (path, _) in enumerate(_CHECKED) if any(row[i] is None for row in rows)

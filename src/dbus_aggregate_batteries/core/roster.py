@@ -260,11 +260,16 @@ def assess(
             )
         else:
             watches[p.service] = old
-    fresh = frozenset(
-        p.service for p in packs
-        if not p.probe_failed and now_s - watches[p.service].changed_s <= fault.probe_after_s
-    )
-    expected = expected_currents(packs, fresh, measured_current_a)
+    # The expected currents only count for a pack whose values did not change this tick: one
+    # that just changed has a new watch (no time moving), so it cannot be frozen.  When every
+    # pack changed (the usual tick of a live bank) they are not needed at all.
+    expected: dict[str, float] = {}
+    if any(watches[p.service].changed_s != now_s for p in packs):
+        fresh = frozenset(
+            p.service for p in packs
+            if not p.probe_failed and now_s - watches[p.service].changed_s <= fault.probe_after_s
+        )
+        expected = expected_currents(packs, fresh, measured_current_a)
 
     healthy: list[PackSnapshot] = []
     missing: list[PackSnapshot] = []
@@ -287,7 +292,7 @@ def assess(
             watch = Watch(watch.fingerprint, watch.changed_s, watch.moving_s, now_s, watch.seen_s)
         watches[p.service] = watch
 
-        verdict, reason = _verdict(cfg, p, watch, silent, now_s, expected[p.service])
+        verdict, reason = _verdict(cfg, p, watch, silent, now_s, expected.get(p.service, 0.0))
         snap = p.snapshot
         if health.get(p.service) is not verdict:
             events.append(Event(

@@ -56,6 +56,9 @@ class PackShare:
     dcl_history: tuple[tuple[float, float], ...] = ()
 
 
+_NO_SHARE = PackShare()  # a pack new to the rule (frozen: one instance serves all)
+
+
 @dataclass(frozen=True, slots=True)
 class ShareState:
     """The rule's memory: per pack (by service name), the healthy set, the last tick time."""
@@ -172,7 +175,8 @@ def step_share(
     keep = members | {p.service for p in missing}
     packs = {k: v for k, v in state.packs.items() if k in keep}
     for key in members:
-        packs.setdefault(key, PackShare())
+        if key not in packs:
+            packs[key] = _NO_SHARE
     left = set(state.members - members)
     for direction in ("charge", "discharge"):
         _renormalise(packs, left, set(members), direction)
@@ -271,6 +275,3 @@ def _bank_limit(
         f"share {p.service}",
         f"{p.label} {name} {limit:.0f} A at {share * 100:.0f} % share{extra}",
     )
-
-
-_NO_SHARE = PackShare()  # a pack never seen by the rule (frozen: one instance serves all)
