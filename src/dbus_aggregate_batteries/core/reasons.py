@@ -152,10 +152,12 @@ def bms_cvl_reason(
     """Which pack's CVL the bank follows."""
     if cvl is None:
         return Reason("cvl-none", "no pack reports a CVL")
-    for p, where in [*((p, "") for p in healthy), *((p, ", missing") for p in missing)]:
-        if p.cvl_v is not None and abs(p.cvl_v - cvl) < 1e-9:
-            floating = " in float" if p.in_float else ""
-            return Reason(f"cvl {p.service}", f"{p.label} CVL {cvl:.2f} V{floating}{where}")
+    # Runs every tick: two plain loops, no list of (pack, where) pairs.
+    for packs, where in ((healthy, ""), (missing, ", missing")):
+        for p in packs:
+            if p.cvl_v is not None and abs(p.cvl_v - cvl) < 1e-9:
+                floating = " in float" if p.in_float else ""
+                return Reason(f"cvl {p.service}", f"{p.label} CVL {cvl:.2f} V{floating}{where}")
     return Reason("cvl", f"CVL {cvl:.2f} V")
 
 
