@@ -262,9 +262,12 @@ def assess(
             watches[p.service] = old
     # The expected currents only count for a pack whose values did not change this tick: one
     # that just changed has a new watch (no time moving), so it cannot be frozen.  When every
-    # pack changed (the usual tick of a live bank) they are not needed at all.
+    # pack changed (the usual tick of a live bank) they are not needed at all.  (A watch with
+    # moving time needs them for its frozen text, should a clock ever step back to its change.)
     expected: dict[str, float] = {}
-    if any(watches[p.service].changed_s != now_s for p in packs):
+    if any(
+        watches[p.service].changed_s != now_s or watches[p.service].moving_s > 0.0 for p in packs
+    ):
         fresh = frozenset(
             p.service for p in packs
             if not p.probe_failed and now_s - watches[p.service].changed_s <= fault.probe_after_s
