@@ -39,6 +39,7 @@ from dbus_aggregate_batteries.core.roster import Departure, PackInput, RosterSta
 from dbus_aggregate_batteries.core.venus import SERVICE_PREFIX, Value, custom_name_problem
 from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.shell.discovery import Monitor
+from dbus_aggregate_batteries.shell.dispatch import Dispatcher
 from dbus_aggregate_batteries.shell.export import BusItemService, NameTakenError
 from dbus_aggregate_batteries.shell.persist import SavedState, StateFile
 from dbus_aggregate_batteries.shell.settings import (
@@ -116,11 +117,16 @@ class Application:
         self.clock_rate = clock_rate
         self.today = today
         self.state = BusState()
+        # One message handler for the connection: the libraries call every handler for every
+        # message, and hundreds of pack signals a second would pay for three.
+        self.dispatcher = Dispatcher(bus)
         self.monitor = Monitor(
-            bus, self.state, cfg, own_name=self.name, clock=clock, on_departed=self._departed
+            bus, self.state, cfg, own_name=self.name, clock=clock, on_departed=self._departed,
+            dispatcher=self.dispatcher,
         )
         self.service = BusItemService(
-            bus, self.name, signals="both" if cfg.publish.properties_changed else "items"
+            bus, self.name, signals="both" if cfg.publish.properties_changed else "items",
+            dispatcher=self.dispatcher,
         )
         self.state_file = StateFile(state_dir)
         self.engine = EngineState()
@@ -128,7 +134,7 @@ class Application:
         self.last_result: StepResult | None = None
         self.custom_name = cfg.publish.custom_name
         self.device_instance = cfg.publish.device_instance
-        self.settings = LocalSettings(bus)
+        self.settings = LocalSettings(bus, dispatcher=self.dispatcher)
         self._settings_base = f"/Settings/Devices/{device_key(cfg.publish.service_suffix)}"
         self._tasks: set[asyncio.Task[None]] = set()
         # Per-cell voltages are only used by own-mode dynamic CVL and the cell republishing.

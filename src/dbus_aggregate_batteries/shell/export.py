@@ -13,7 +13,9 @@ library's own dispatch. Neither library looks at ``NO_REPLY_EXPECTED`` for a ret
 the handler returns ``True`` instead of a reply for such calls.
 
 One service per connection: the handler claims every BusItem call that reaches its connection,
-answering ``UnknownObject`` for paths it does not have.
+answering ``UnknownObject`` for paths it does not have. The handler is the call handler of a
+:class:`~dbus_aggregate_batteries.shell.dispatch.Dispatcher`: the service's own when it is used
+alone, or the application's, shared with discovery, so signals never reach this handler.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dbus_aggregate_batteries.shell._dbus import (
     Variant,
     unwrap,
 )
+from dbus_aggregate_batteries.shell.dispatch import Dispatcher
 
 __all__ = ["BusItemService", "NameTakenError", "Signals", "wrap"]
 
@@ -55,8 +58,6 @@ _BUSITEM_MEMBERS = frozenset(("GetValue", "GetText", "SetValue", "GetItems", "Ge
 
 # D-Bus object path elements are [A-Za-z0-9_]; "/" itself is the root node, never a leaf.
 _PATH_RE = re.compile(r"(?:/[A-Za-z0-9_]+)+")
-
-_METHOD_CALL = MessageType.METHOD_CALL
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -139,12 +140,22 @@ class BusItemService:
     ``signals`` says what :meth:`publish` sends: ``"items"`` one ItemsChanged on ``/`` (velib's
     batched update), ``"properties"`` one PropertiesChanged per changed path, ``"both"`` both.
     An accepted ``SetValue`` always sends one PropertiesChanged on its own path, as velib does.
+    ``dispatcher`` shares the connection's message handler (see dispatch.py); without one the
+    service installs its own.
     """
 
-    def __init__(self, bus: MessageBus, name: str, *, signals: Signals = "both") -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        name: str,
+        *,
+        signals: Signals = "both",
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
         if signals not in ("both", "items", "properties"):
             raise ValueError(f"signals must be 'both', 'items' or 'properties', not {signals!r}")
         self._bus = bus
+        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(bus)
         self._name = name
         self._items_signal = signals != "properties"
         self._properties_signal = signals != "items"
@@ -239,7 +250,7 @@ class BusItemService:
         if self._handler_installed:
             raise RuntimeError(f"{self._name} is already registered")
         # Install the handler first: consumers call GetItems the moment the name appears.
-        self._bus.add_message_handler(self._on_message)
+        self._dispatcher.set_call_handler(self._on_call)
         self._handler_installed = True
         try:
             reply = await self._bus.request_name(self._name, NameFlag.DO_NOT_QUEUE)
@@ -262,7 +273,7 @@ class BusItemService:
             await self._bus.release_name(self._name)
 
     def _remove_handler(self) -> None:
-        self._bus.remove_message_handler(self._on_message)
+        self._dispatcher.set_call_handler(None)
         self._handler_installed = False
 
     # -- signals -------------------------------------------------------------------------------
@@ -306,11 +317,9 @@ class BusItemService:
 
     # -- method calls --------------------------------------------------------------------------
 
-    def _on_message(self, msg: Message) -> Message | bool | None:
+    def _on_call(self, msg: Message) -> Message | bool | None:
         """Answer a method call on one of our paths; return None for everything else."""
-        # Runs for every message the connection receives, signals of other services included.
-        if msg.message_type != _METHOD_CALL:
-            return None
+        # Runs for every method call the connection receives (the dispatcher sorts out signals).
         path: str = msg.path
         interface: str | None = msg.interface
         member: str = msg.member

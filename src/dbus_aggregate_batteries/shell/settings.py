@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from dbus_aggregate_batteries.core.venus import BUSITEM, SETTINGS_SERVICE, Value
 from dbus_aggregate_batteries.shell import _dbus
-from dbus_aggregate_batteries.shell._dbus import Message, MessageBus, MessageType, Variant
+from dbus_aggregate_batteries.shell._dbus import Message, MessageBus, Variant
+from dbus_aggregate_batteries.shell.dispatch import Dispatcher
 from dbus_aggregate_batteries.shell.export import wrap
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def parse_instance(value: object) -> int | None:
 class LocalSettings:
     """The few localsettings calls this service needs."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, *, dispatcher: Dispatcher | None = None) -> None:
         self._bus = bus
+        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(bus)
         self._owner: str | None = None
         self.feed_in: int | None = None
         self._on_feed_in: Callable[[int | None], None] | None = None
@@ -61,7 +63,8 @@ class LocalSettings:
         except (_dbus.DBusCallError, TimeoutError):
             return False
         self._owner = str(reply[0])
-        self._bus.add_message_handler(self._on_message)
+        # Only this sender's signals reach the handler: no call per pack signal.
+        self._dispatcher.add_signal_handler(self._on_signal, sender=self._owner)
         await _dbus.add_match(
             self._bus,
             f"type='signal',sender='{self._owner}',interface='{BUSITEM}',"
@@ -125,10 +128,9 @@ class LocalSettings:
             return False
         return bool(reply and reply[0] == 0)
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_signal(self, msg: Message) -> None:
         if (
-            msg.message_type == MessageType.SIGNAL
-            and msg.member == "PropertiesChanged"
+            msg.member == "PropertiesChanged"
             and msg.sender == self._owner
             and msg.path == FEED_IN_PATH
         ):
@@ -138,5 +140,5 @@ class LocalSettings:
     def close(self) -> None:
         """Stop watching signals."""
         if self._owner is not None:
-            self._bus.remove_message_handler(self._on_message)
+            self._dispatcher.remove_signal_handler(self._on_signal, sender=self._owner)
 

@@ -155,7 +155,8 @@ class _Missing:
     pass
 
 
-_MISSING = _Missing()
+# No value at all (None is a value: invalid); compares unequal to everything but itself.
+MISSING = _MISSING = _Missing()
 
 
 class BusState:
