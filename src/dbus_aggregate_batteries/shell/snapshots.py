@@ -16,8 +16,9 @@ table does not know.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 
 # The per-path checks are core.model's (private) reader: one implementation of "what is a
 # trusted value", used by both the full and the incremental build.
@@ -26,6 +27,7 @@ from dbus_aggregate_batteries.core.model import (
     EXCLUSIVE_LOW,
     INT_RANGES,
     MAX_CELLS,
+    MAX_TEXT_CHARS,
     PER_CELL_PATHS,
     RANGES,
     BadValue,
@@ -101,6 +103,13 @@ _INT_RANGES = {path: INT_RANGES.get(path, (-(2**31), 2**31 - 1)) for path in KIN
 _Checked = tuple[object, BadValue | None]
 _ABSENT: _Checked = (None, None)
 
+# Cells as pack_from_values names them (no sign, no leading 0), by number; it reads no cell
+# past MAX_CELLS (the largest valid count), so a higher one changes nothing.
+_CELL_NUMBERS: dict[str, int] = {f"{_CELL_PREFIX}{i}": i for i in range(1, MAX_CELLS + 1)}
+_CELL_PATHS = frozenset(_CELL_NUMBERS)
+# Every other path a snapshot reads: a changed path outside both sets costs nothing.
+_READ_PATHS = frozenset(KINDS)
+
 # Where a changed path goes, by path (memoised: a pack has a fixed set of paths).
 _UNREAD, _FIELD, _INPUT, _ALARM, _CELL, _PER_CELL = range(6)
 _Route = tuple[int, int, object]  # (where, how it is checked, field name / index)
@@ -125,18 +134,65 @@ def _route(path: str) -> _Route:
     return route
 
 
+def _per_cell(values: Mapping[str, Value], path: str, cells: int | None,
+              bad: list[BadValue]) -> float | None:
+    # A pack voltage, checked as core.model's reader does with ``cells`` in series; the
+    # healthy case (a float in range) without building a reader.
+    raw = values.get(path)
+    if raw is None:
+        return None
+    if type(raw) is float:
+        low, high = _NUM_RANGES[path]
+        if cells is not None:
+            high = cells * CELL_RANGE[1]
+        above_low = low < raw if path in EXCLUSIVE_LOW else low <= raw
+        if above_low and raw <= high and math.isfinite(raw):
+            return raw
+    reader = _Reader({path: raw})
+    value = reader.num(path, cells)
+    bad.extend(reader.bad)
+    return value
+
+
+# PackSnapshot is a frozen dataclass of ~37 fields: its __init__ sets each one through
+# object.__setattr__, which costs more than the rest of an incremental build. The snapshot is
+# filled through its slots instead, which is what __init__ does minus the lookups; only when
+# __init__ does nothing else (no __post_init__, every field an init field), else __init__ runs.
+_SETTERS = tuple(
+    (name, PackSnapshot.__dict__[name].__set__) for name in PackSnapshot.__dataclass_fields__
+) if (
+    "__slots__" in PackSnapshot.__dict__
+    and not hasattr(PackSnapshot, "__post_init__")
+    and all(f.init for f in dataclasses.fields(PackSnapshot))
+) else ()
+
+
+def _new_snapshot(fields: Mapping[str, object]) -> PackSnapshot:
+    if not _SETTERS:
+        return PackSnapshot(**fields)  # type: ignore[arg-type]
+    snap: PackSnapshot = object.__new__(PackSnapshot)
+    for name, set_slot in _SETTERS:
+        set_slot(snap, fields[name])
+    return snap
+
+
 def _check(kind: int, path: str, raw: Value) -> _Checked:
     # Fast paths for what a healthy pack sends (a plain value of the right type, in range);
     # anything else goes through core.model's reader, which also words the rejection.
-    if kind == _NUM and type(raw) is float:
-        low, high = _NUM_RANGES[path]
-        above_low = low < raw if path in EXCLUSIVE_LOW else low <= raw
-        if above_low and raw <= high and math.isfinite(raw):
-            return raw, None
-    elif kind == _INT and type(raw) is int:
-        low_i, high_i = _INT_RANGES[path]
-        if low_i <= raw <= high_i:
-            return raw, None
+    if kind == _NUM:
+        if type(raw) is float or type(raw) is int:
+            number = float(raw)
+            low, high = _NUM_RANGES[path]
+            above_low = low < number if path in EXCLUSIVE_LOW else low <= number
+            if above_low and number <= high and math.isfinite(number):
+                return number, None
+    elif kind == _INT:
+        if type(raw) is int:
+            low_i, high_i = _INT_RANGES[path]
+            if low_i <= raw <= high_i:
+                return raw, None
+    elif type(raw) is str and len(raw) <= MAX_TEXT_CHARS and raw.isprintable():
+        return raw, None
     reader = _Reader({path: raw})
     if kind == _NUM:
         value: object = reader.num(path)
@@ -169,8 +225,8 @@ class SnapshotCache:
     """One pack's checked values; :meth:`build` re-checks only what changed."""
 
     __slots__ = (
-        "_alarms", "_bad", "_cells", "_fields", "_inputs", "_reads_cells", "_snapshot", "label",
-        "with_cells",
+        "_alarms", "_bad", "_cells", "_cells_stale", "_fields", "_inputs", "_reads_cells",
+        "_snapshot", "label", "with_cells",
     )
 
     def __init__(self, *, with_cells: bool) -> None:
@@ -186,6 +242,8 @@ class SnapshotCache:
         self._bad: dict[str, BadValue] = {}
         # Present cells by number; None until checked (a cell is checked when it is read).
         self._cells: dict[int, _Checked | None] = {}
+        # Set when cells changed while they were not read: _cells is rebuilt before use.
+        self._cells_stale = False
         self._reads_cells = True  # whether the last snapshot was built from the cells
         self._snapshot: tuple[PackSnapshot, tuple[BadValue, ...]] | None = None
 
@@ -210,25 +268,41 @@ class SnapshotCache:
         fields = self._fields
         inputs = self._inputs
         bad = self._bad
-        cells = self._cells
-        for path in values if changed is None else changed:
+        if changed is None:
+            keys = values.keys()
+            paths: Set[str] = keys & _READ_PATHS
+            cell_paths: Set[str] = keys & _CELL_PATHS
+            self._cells = {_CELL_NUMBERS[path]: None for path in cell_paths}
+            self._cells_stale = False
+            dirty = True
+        else:
+            if not isinstance(changed, Set):
+                changed = set(changed)
+            # Set intersections run in C: most changed paths (history, unread cells) end here.
+            paths = changed & _READ_PATHS
+            cell_paths = changed & _CELL_PATHS
+            if not cell_paths:
+                pass
+            elif self._reads_cells:
+                # Checked when read: only the changed cells lose their checked value.
+                cells = self._cells
+                for path in cell_paths:
+                    if path in values:
+                        cells[_CELL_NUMBERS[path]] = None
+                    else:
+                        cells.pop(_CELL_NUMBERS[path], None)
+                dirty = True
+            else:
+                self._cells_stale = True  # BMS mode with extreme cells given: nothing to do
+        for path in paths:
             what, kind, key = _ROUTES.get(path) or _route(path)
-            if what == _UNREAD:
-                continue
             if what == _PER_CELL:
                 dirty = True  # checked at assembly, against the cells in series
                 continue
-            if what == _CELL:
-                # Checked when read: unread cells (BMS mode, extreme cells given) cost nothing.
-                if path in values:
-                    cells[key] = None  # type: ignore[index]
-                else:
-                    cells.pop(key, None)  # type: ignore[call-overload]
-                dirty = dirty or self._reads_cells
-                continue
             value, rejected = _check(kind, path, values[path]) if path in values else _ABSENT
             if rejected is None:
-                bad.pop(path, None)
+                if bad:
+                    bad.pop(path, None)
             else:
                 bad[path] = rejected
             if what == _ALARM:
@@ -246,6 +320,9 @@ class SnapshotCache:
         return self._snapshot
 
     def _cells_read(self, n_cells: int | None, values: Mapping[str, Value]) -> list[_Checked]:
+        if self._cells_stale:
+            self._cells = {i: None for path, i in _CELL_NUMBERS.items() if path in values}
+            self._cells_stale = False
         cells = self._cells
         read: list[_Checked] = []
         last = n_cells if n_cells is not None else MAX_CELLS
@@ -269,7 +346,7 @@ class SnapshotCache:
         n_cells: int | None = inputs[_N_CELLS]  # type: ignore[assignment]
         max_cell: float | None = inputs[_MAX_CELL]  # type: ignore[assignment]
         min_cell: float | None = inputs[_MIN_CELL]  # type: ignore[assignment]
-        bad = list(self._bad.values())
+        bad = list(self._bad.values()) if self._bad else []
         max_cell = max_cell if max_cell is None or max_cell > 0 else None
         min_cell = min_cell if min_cell is None or min_cell > 0 else None
         # As pack_from_values: the count is checked against the voltage before anything uses it.
@@ -287,28 +364,24 @@ class SnapshotCache:
         # count, else the cells read, else RANGES' fixed bound).
         present = sum(1 for c in cells if c is not None)
         range_cells = n_cells if n_cells is not None else present or None
-        reader = _Reader(values)
-        voltage = reader.num("/Dc/0/Voltage", range_cells)
-        voltages_sum = reader.num("/Voltages/Sum", range_cells)
-        cvl = reader.num("/Info/MaxChargeVoltage", range_cells)
-        low_voltage = reader.num("/Info/BatteryLowVoltage", range_cells)
-        bad.extend(reader.bad)
+        voltage = _per_cell(values, "/Dc/0/Voltage", range_cells, bad)
+        voltages_sum = _per_cell(values, "/Voltages/Sum", range_cells, bad)
+        cvl = _per_cell(values, "/Info/MaxChargeVoltage", range_cells, bad)
+        low_voltage = _per_cell(values, "/Info/BatteryLowVoltage", range_cells, bad)
         known = [c for c in cells if c is not None]
         if max_cell is None and known:
             max_cell = max(known)
         if min_cell is None and known:
             min_cell = min(known)
-        snap = PackSnapshot(
-            service=service,
-            label=label,
-            max_cell_v=max_cell,
-            min_cell_v=min_cell,
-            cells=tuple(cells),
-            cells_per_battery=n_cells,
-            voltage_v=voltage,
-            voltages_sum_v=voltages_sum,
-            cvl_v=cvl,
-            battery_low_voltage_v=low_voltage,
-            **self._fields,  # type: ignore[arg-type]
-        )
-        return snap, tuple(bad)
+        fields = self._fields
+        fields["service"] = service
+        fields["label"] = label
+        fields["max_cell_v"] = max_cell
+        fields["min_cell_v"] = min_cell
+        fields["cells"] = tuple(cells)
+        fields["cells_per_battery"] = n_cells
+        fields["voltage_v"] = voltage
+        fields["voltages_sum_v"] = voltages_sum
+        fields["cvl_v"] = cvl
+        fields["battery_low_voltage_v"] = low_voltage
+        return _new_snapshot(fields), tuple(bad)

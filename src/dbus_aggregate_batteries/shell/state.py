@@ -46,6 +46,9 @@ class ServiceState:
     # Paths whose value changed since the last snapshot: only those are checked again.
     changed: set[str] = field(default_factory=set)
     _snapshots: SnapshotCache | None = None
+    # label() of the last snapshot, and the name path it was worked out for.
+    _label: str | None = None
+    _label_path: str | None = None
 
     def apply_signal(self, changes: Mapping[str, Value], now_s: float) -> None:
         """Values from ItemsChanged/PropertiesChanged: always authoritative."""
@@ -63,7 +66,10 @@ class ServiceState:
             self.version += 1
 
     def apply_one(self, path: str, value: Value, now_s: float) -> None:
-        """One PropertiesChanged value (the hot path: no dict building)."""
+        """One PropertiesChanged value (the hot path: no dict building).
+
+        Monitor._on_signal inlines this for speed: a change here must be made there too.
+        """
         values = self.values
         self.last_signal_s = now_s
         self.probe_failed = False
@@ -137,18 +143,33 @@ class ServiceState:
         Only the paths changed since the last call are checked again; the rejected values are
         returned when the snapshot was rebuilt, and ``()`` when it is the cached one.
         """
-        label = self.label(name_path)
-        cache = self._snapshots
         changed: set[str] | None = self.changed
+        label = self._label
+        if (
+            label is None
+            or name_path != self._label_path
+            or (changed and (name_path in changed or not changed.isdisjoint(_LABEL_PATHS)))
+        ):
+            label = self._label = self.label(name_path)
+            self._label_path = name_path
+        cache = self._snapshots
         if cache is None or cache.with_cells != with_cells:
             cache = self._snapshots = SnapshotCache(with_cells=with_cells)
             changed = None
         previous = cache.last
+        if not changed and changed is not None and previous is not None and (
+            label == cache.label
+        ):
+            return previous[0], ()  # nothing changed: the cached snapshot, for nothing
         result = cache.build(self.name, label, self.values, changed)
         self.changed.clear()
         if result is previous:
             return result[0], ()
         return result
+
+
+# Paths label() reads besides the configured name path.
+_LABEL_PATHS = frozenset(("/ProductName", "/CustomName", "/Serial"))
 
 
 class _Missing:
