@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from dbus_aggregate_batteries.core.charge import BalancePhase
 from dbus_aggregate_batteries.core.current import measured_current
 from dbus_aggregate_batteries.core.engine import EngineState, StepResult, restore_state, step
 from dbus_aggregate_batteries.core.health import Health
-from dbus_aggregate_batteries.core.history import COUNT_FIELDS, clear_history
+from dbus_aggregate_batteries.core.history import COUNT_FIELDS, HistoryState, clear_history
 from dbus_aggregate_batteries.core.model import (
     AuxSnapshot,
     DeviceCurrent,
@@ -143,6 +144,7 @@ class Application:
         self.exit_code = EXIT_OK
         self.roster = RosterState()
         self._departures: list[Departure] = []
+        self._bms_aux: AuxSnapshot | None = None
         self._bad_logged: set[tuple[str, str]] = set()
         self._saved: SavedState | None = None
         self._saved_at = -1e18
@@ -376,7 +378,11 @@ class Application:
     def _aux(self) -> AuxSnapshot:
         feed_in = self.settings.feed_in
         if self.cfg.current.source == "bms":
-            return AuxSnapshot(feed_in_setting=feed_in)
+            # Nothing but a setting that rarely changes: the same (frozen) value every tick.
+            aux = self._bms_aux
+            if aux is None or aux.feed_in_setting != feed_in:
+                aux = self._bms_aux = AuxSnapshot(feed_in_setting=feed_in)
+            return aux
         multis = self.state.of_kind(Kind.MULTI)
         return AuxSnapshot(
             feed_in_setting=feed_in,
@@ -403,25 +409,30 @@ class Application:
         )
 
     def _persist_if_due(self, now: float, result: StepResult) -> None:
-        want = self.saved_state()
-        if want == self._saved or (self._save_task is not None and not self._save_task.done()):
+        if self._save_task is not None and not self._save_task.done():
             return
         old = self._saved
+        e = self.engine
+        # The decision reads the engine's scalars directly: the SavedState (and its copy of
+        # the history) is only built when a write may be due, not at every tick.
         urgent = self._history_cleared or old is None or (
-            (want.last_balanced, want.balancing_phase, want.feed_in_saved)
+            (e.balancing.last_balanced, e.balancing.phase.value, e.feed_in.saved_value)
             != (old.last_balanced, old.balancing_phase, old.feed_in_saved)
         )
         if not urgent and old is not None:
             installed = result.merged.installed_capacity_ah or 0.0
-            moved = abs((want.charge_ah or 0.0) - (old.charge_ah or 0.0))
+            moved = abs((e.counter.charge_ah or 0.0) - (old.charge_ah or 0.0))
             # A counted history event is saved without waiting for the charge to move (still
             # rate-limited below: a flapping alarm must not wear the flash).
             if moved < self.cfg.soc.save_every_fraction * installed and not _counts_changed(
-                want, old
+                e.history, old.history
             ):
                 return
             if now - self._saved_at < self.cfg.soc.min_save_interval_s:
                 return
+        want = self.saved_state()
+        if want == old:
+            return
         self._saved_at = now
         self._history_cleared = False
         self._save_task = asyncio.ensure_future(self._save(want))
@@ -563,10 +574,13 @@ class Application:
                 log.debug("releasing the name failed: %s", exc)
 
 
-def _counts_changed(new: SavedState, old: SavedState) -> bool:
-    if new.history is None or old.history is None:
-        return new.history is not old.history
-    return any(getattr(new.history, f) != getattr(old.history, f) for f in COUNT_FIELDS)
+def _counts_changed(new: HistoryState | None, old: HistoryState | None) -> bool:
+    if new is None or old is None:
+        return new is not old
+    return _counts(new) != _counts(old)
+
+
+_counts = operator.attrgetter(*COUNT_FIELDS)
 
 
 def _fmt(value: object, places: int) -> str:

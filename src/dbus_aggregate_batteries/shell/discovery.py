@@ -66,6 +66,10 @@ class Monitor:
         self._on_departed = on_departed
         self._rules: dict[str, _Rules] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Names of services that may still be incomplete (not classified, or a pack without
+        # its mandatory paths): rescan_due looks at these only. A service leaves the set once
+        # complete, which is for good: kinds are set once and values are never removed.
+        self._incomplete: set[str] = set()
         self.scans_pending = 0
         self.probes_pending = 0
         d = cfg.discovery
@@ -135,6 +139,7 @@ class Monitor:
     async def _track(self, name: str, owner: str) -> None:
         now = self._clock()
         svc = self._state.add(name, owner, now)
+        self._incomplete.add(name)
         aux = not (
             name.startswith(self._cfg.discovery.battery_service_prefix)
             or name.startswith(self._cfg.discovery.dcload_service_prefix)
@@ -261,12 +266,21 @@ class Monitor:
 
     def rescan_due(self, now_s: float) -> None:
         """Scan again services whose product name or mandatory paths are still missing."""
+        if not self._incomplete:
+            return  # the usual case: every service complete, nothing to look at
         interval = self._cfg.discovery.rescan_interval_s
-        for svc in list(self._state.services.values()):
+        services = self._state.services
+        self._incomplete.intersection_update(services)  # the departed
+        for svc in list(services.values()):
+            name = svc.name
+            if name not in self._incomplete:
+                continue
             incomplete = svc.kind is Kind.CANDIDATE or (
                 svc.kind is Kind.PACK and not svc.has_paths(MANDATORY_PACK_PATHS)
             )
-            if incomplete and (svc.last_scan_s is None or now_s - svc.last_scan_s >= interval):
+            if not incomplete:
+                self._incomplete.discard(name)
+            elif svc.last_scan_s is None or now_s - svc.last_scan_s >= interval:
                 svc.last_scan_s = now_s
                 self._spawn(self.scan(svc))
 

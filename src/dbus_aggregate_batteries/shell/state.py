@@ -104,9 +104,14 @@ class ServiceState:
     @property
     def alive_s(self) -> float:
         """The last sign of life: a signal, an answered scan or probe, or discovery."""
-        return max(
-            t for t in (self.first_seen_s, self.last_signal_s, self.last_answer_s) if t is not None
-        )
+        # max() of the known ones, without a generator: read for every pack at every tick.
+        alive = self.first_seen_s
+        signal, answer = self.last_signal_s, self.last_answer_s
+        if signal is not None and signal > alive:
+            alive = signal
+        if answer is not None and answer > alive:
+            alive = answer
+        return alive
 
     def has_paths(self, paths: tuple[str, ...]) -> bool:
         """Whether every one of ``paths`` has been seen (with any value)."""
@@ -186,12 +191,14 @@ class BusState:
     def __init__(self) -> None:
         self.services: dict[str, ServiceState] = {}
         self.by_owner: dict[str, list[ServiceState]] = {}
+        self._by_name: list[ServiceState] | None = None  # services sorted by name, cached
 
     def add(self, name: str, owner: str, now_s: float) -> ServiceState:
         """Start tracking a service (replacing an older owner of the same name)."""
         self.remove(name)
         svc = ServiceState(name=name, owner=owner, first_seen_s=now_s)
         self.services[name] = svc
+        self._by_name = None
         self.by_owner.setdefault(owner, []).append(svc)
         return svc
 
@@ -199,6 +206,7 @@ class BusState:
         """Stop tracking a service; returns it so its last values can be kept."""
         svc = self.services.pop(name, None)
         if svc is not None:
+            self._by_name = None
             lst = self.by_owner.get(svc.owner, [])
             if svc in lst:
                 lst.remove(svc)
@@ -208,4 +216,12 @@ class BusState:
 
     def of_kind(self, kind: Kind) -> list[ServiceState]:
         """Services of one kind, sorted by name for a stable order."""
-        return sorted((s for s in self.services.values() if s.kind is kind), key=lambda s: s.name)
+        # Sorted once per change of membership, not per tick (kinds change without it).
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._by_name = sorted(self.services.values(), key=_name)
+        return [s for s in by_name if s.kind is kind]
+
+
+def _name(svc: ServiceState) -> str:
+    return svc.name
