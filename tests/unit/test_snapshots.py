@@ -96,10 +96,12 @@ def full_pack(draw: st.DrawFn) -> dict[str, Value]:
     return values
 
 
-def assert_equal_to_full(svc: ServiceState, with_cells: bool) -> None:
-    label = svc.label("/CustomName")
+def assert_equal_to_full(
+    svc: ServiceState, with_cells: bool, name_path: str = "/CustomName"
+) -> None:
+    label = svc.label(name_path)
     before = svc._snapshots.last if svc._snapshots is not None else None
-    snap, bad = svc.snapshot("/CustomName", with_cells=with_cells)
+    snap, bad = svc.snapshot(name_path, with_cells=with_cells)
     full, full_bad = pack_from_values(svc.name, label, svc.values, with_cells=with_cells)
     assert snap == full
     after = svc._snapshots.last if svc._snapshots is not None else None
@@ -121,13 +123,16 @@ def assert_equal_to_full(svc: ServiceState, with_cells: bool) -> None:
         st.tuples(st.sampled_from(["signal", "one", "scan"]), changes()), max_size=25
     ),
     with_cells=st.booleans(),
+    # The label is cached between snapshots: named by a path that changes (a text), or not.
+    name_path=st.sampled_from(["/CustomName", "/Info/ChargeMode"]),
 )
 def test_incremental_snapshot_equals_full_recomputation(
-    start: dict[str, Value], steps: list[tuple[str, dict[str, Value]]], with_cells: bool
+    start: dict[str, Value], steps: list[tuple[str, dict[str, Value]]], with_cells: bool,
+    name_path: str,
 ) -> None:
     svc = ServiceState(name=NAME, owner=":1.7", kind=Kind.PACK)
     svc.apply_scan(start, 0.0)
-    assert_equal_to_full(svc, with_cells)
+    assert_equal_to_full(svc, with_cells, name_path)
     for now, (how, batch) in enumerate(steps, start=1):
         if how == "signal":
             svc.apply_signal(batch, float(now))
@@ -136,9 +141,11 @@ def test_incremental_snapshot_equals_full_recomputation(
         else:
             for path, value in batch.items():
                 svc.apply_one(path, value, float(now))
-        assert_equal_to_full(svc, with_cells)
+        assert_equal_to_full(svc, with_cells, name_path)
+        if now % 5 == 0:
+            assert_equal_to_full(svc, with_cells, name_path)  # nothing changed since
     # Switching what is read (BMS <-> own mode) rebuilds from scratch and still agrees.
-    assert_equal_to_full(svc, not with_cells)
+    assert_equal_to_full(svc, not with_cells, name_path)
 
 
 def test_unchanged_pack_is_not_rebuilt_and_unread_paths_cost_nothing() -> None:
@@ -237,3 +244,28 @@ def test_a_too_low_cell_count_never_costs_the_pack_voltage(count: int, with_cell
     cached, cached_bad = svc.snapshot("A", with_cells=with_cells)
     assert cached.voltage_v == 53.3 and cached.cells_per_battery is None
     assert [b.path for b in cached_bad] == ["/System/NrOfCellsPerBattery"]
+
+
+def test_cells_changed_while_unread_are_read_right_once_needed() -> None:
+    # BMS mode with the extreme cells given reads no cell, so cell changes only mark the cell
+    # table stale; once an extreme cell goes missing, the cells are read, and must be current.
+    values: dict[str, Value] = {
+        "/Dc/0/Voltage": 13.3, "/System/NrOfCellsPerBattery": 4,
+        "/System/MaxCellVoltage": 3.4, "/System/MinCellVoltage": 3.3,
+        **{f"/Voltages/Cell{i}": 3.3 for i in range(1, 5)},
+    }
+    svc = ServiceState(name=NAME, owner=":1.7", kind=Kind.PACK)
+    svc.apply_scan(values, 0.0)
+    first, _ = svc.snapshot("/CustomName", with_cells=False)
+    assert first.cells == ()
+    svc.apply_one("/Voltages/Cell2", 3.45, 1.0)
+    svc.apply_one("/Voltages/Cell4", "x", 1.0)
+    svc.apply_one("/Voltages/Cell5", 3.3, 1.0)  # beyond the count: never read
+    assert svc.snapshot("/CustomName", with_cells=False) == (first, ())
+    svc.apply_one("/System/MaxCellVoltage", 0.0, 2.0)  # 0: unknown, so taken from the cells
+    snap, bad = svc.snapshot("/CustomName", with_cells=False)
+    full, full_bad = pack_from_values(NAME, svc.label("/CustomName"), svc.values,
+                                      with_cells=False)
+    assert snap == full and Counter(bad) == Counter(full_bad)
+    assert snap.cells == (3.3, 3.45, 3.3, None) and snap.max_cell_v == 3.45
+    assert [b.path for b in bad] == ["/Voltages/Cell4"]
