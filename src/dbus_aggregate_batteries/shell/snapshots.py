@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable, Mapping, Set
 
 # The per-path checks are core.model's (private) reader: one implementation of "what is a
@@ -102,6 +103,15 @@ _INT_RANGES = {path: INT_RANGES.get(path, (-(2**31), 2**31 - 1)) for path in KIN
 
 _Checked = tuple[object, BadValue | None]
 _ABSENT: _Checked = (None, None)
+_GONE = object()  # no value at all (None is a value: invalid)
+# The build loop's inline check of a float (no pack-voltage path: those are checked at
+# assembly): infinite bounds narrowed to the largest finite float, so that one chained
+# comparison also rejects NaN and infinity, as core.model's reader does.
+_FINITE_RANGES = {
+    path: (max(low, -sys.float_info.max), min(high, sys.float_info.max))
+    for path, (low, high) in _NUM_RANGES.items()
+    if path not in EXCLUSIVE_LOW
+}
 
 # Cells as pack_from_values names them (no sign, no leading 0), by number; it reads no cell
 # past MAX_CELLS (the largest valid count), so a higher one changes nothing.
@@ -276,7 +286,7 @@ class SnapshotCache:
             self._cells_stale = False
             dirty = True
         else:
-            if not isinstance(changed, Set):
+            if not isinstance(changed, (set, frozenset)):
                 changed = set(changed)
             # Set intersections run in C: most changed paths (history, unread cells) end here.
             paths = changed & _READ_PATHS
@@ -299,7 +309,16 @@ class SnapshotCache:
             if what == _PER_CELL:
                 dirty = True  # checked at assembly, against the cells in series
                 continue
-            value, rejected = _check(kind, path, values[path]) if path in values else _ABSENT
+            raw = values.get(path, _GONE)
+            if raw is _GONE:
+                value, rejected = _ABSENT
+            elif kind == _NUM and type(raw) is float and (
+                (bounds := _FINITE_RANGES.get(path)) is not None
+                and bounds[0] <= raw <= bounds[1]
+            ):
+                value, rejected = raw, None  # the usual case, without a call
+            else:
+                value, rejected = _check(kind, path, raw)  # type: ignore[arg-type]
             if rejected is None:
                 if bad:
                     bad.pop(path, None)
@@ -362,23 +381,24 @@ class SnapshotCache:
                     bad.append(rejected)
         # As pack_from_values: the pack voltages' range scales with the cells in series (the
         # count, else the cells read, else RANGES' fixed bound).
-        present = sum(1 for c in cells if c is not None)
+        present = sum(1 for c in cells if c is not None) if cells else 0
         range_cells = n_cells if n_cells is not None else present or None
         voltage = _per_cell(values, "/Dc/0/Voltage", range_cells, bad)
         voltages_sum = _per_cell(values, "/Voltages/Sum", range_cells, bad)
         cvl = _per_cell(values, "/Info/MaxChargeVoltage", range_cells, bad)
         low_voltage = _per_cell(values, "/Info/BatteryLowVoltage", range_cells, bad)
-        known = [c for c in cells if c is not None]
-        if max_cell is None and known:
-            max_cell = max(known)
-        if min_cell is None and known:
-            min_cell = min(known)
+        if cells:
+            known = [c for c in cells if c is not None]
+            if max_cell is None and known:
+                max_cell = max(known)
+            if min_cell is None and known:
+                min_cell = min(known)
         fields = self._fields
         fields["service"] = service
         fields["label"] = label
         fields["max_cell_v"] = max_cell
         fields["min_cell_v"] = min_cell
-        fields["cells"] = tuple(cells)
+        fields["cells"] = tuple(cells) if cells else ()
         fields["cells_per_battery"] = n_cells
         fields["voltage_v"] = voltage
         fields["voltages_sum_v"] = voltages_sum
