@@ -572,6 +572,22 @@ def test_step_degraded_derates_and_never_raises_limits() -> None:
     assert _all_finite(none.values)
 
 
+def test_grace_dcl_keeps_the_temperature_cap_of_a_hot_pack_gone_missing() -> None:
+    # Found by test_degraded_bms_never_raises_limits: with every pack missing, the grace DCL
+    # was the last known BMS DCL, without the temperature cap the same pack had a tick before.
+    cfg = config(limits={"bms": {"currents": "min_times_n"}, "temperature": {"bms_cap": True}})
+    hot = pack("A", dcl_a=100.0, temperature_c=57.5)  # discharge table: x0.25 at 57.5 degC
+    full = step(cfg, EngineState(), [hot], AuxSnapshot(), now_s=1.0, today=TODAY)
+    assert full.limits.dcl_a == pytest.approx(25.0)
+    none = step(cfg, full.state, [], AuxSnapshot(), now_s=2.0, today=TODAY, missing=[hot],
+                expected_count=1)
+    assert none.limits.dcl_a == pytest.approx(25.0)
+    no_cap = config(limits={"bms": {"currents": "min_times_n"}})
+    none = step(no_cap, EngineState(), [], AuxSnapshot(), now_s=2.0, today=TODAY,
+                missing=[hot], expected_count=1)
+    assert none.limits.dcl_a == pytest.approx(100.0)
+
+
 def test_step_cap_applies_in_bms_mode() -> None:
     cfg = config(limits={"max_charge_current_a": 50.0, "max_discharge_current_a": 60.0})
     res = step(cfg, EngineState(), [pack("A"), pack("B")], AuxSnapshot(), now_s=1.0, today=TODAY)

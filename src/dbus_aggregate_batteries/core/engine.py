@@ -73,7 +73,7 @@ from dbus_aggregate_batteries.core.reasons import (
 )
 from dbus_aggregate_batteries.core.share import ShareState, step_share
 from dbus_aggregate_batteries.core.soc import CounterState, SocOutput, step_counter
-from dbus_aggregate_batteries.core.temperature import apply_derating, bank_temperatures
+from dbus_aggregate_batteries.core.temperature import apply_derating, bank_temperatures, derate
 from dbus_aggregate_batteries.core.venus import ALARM_PATHS, Value
 
 BMS_CABLE_INDEX = ALARM_PATHS.index("/Alarms/BmsCable")
@@ -464,6 +464,14 @@ def step(
                 dcl_grace = min(last_dcls)
                 if cfg.limits.mode == "own":
                     dcl_grace = min(dcl_grace, own_share)
+                elif cfg.limits.temperature.bms_cap:
+                    # The temperature cap holds through the grace: the packs' last known
+                    # temperatures are all we have (own mode's share above already has it).
+                    factor = derate(
+                        cfg.limits.temperature.discharge_table, bank_temperatures(known),
+                        "discharge table", unknown_is_worst=False,
+                    ).factor
+                    dcl_grace = min(dcl_grace, dcl_grace * factor)
         currents = CurrentLimits(0.0, dcl_grace)
         ccl_reason = Reason("no-healthy", "no healthy pack")
         dcl_reason = (
