@@ -41,8 +41,12 @@ class CurrentLimits:
 
 
 def interpolate(table: Table, x: float) -> float:
-    """Piecewise-linear lookup, flat beyond the first and last points."""
-    xs, ys = table.cell_voltage_v, table.factor
+    """The cell-voltage table's factor at ``x``."""
+    return piecewise(table.cell_voltage_v, table.factor, x)
+
+
+def piecewise(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear lookup, flat beyond the first and last points (every factor table)."""
     if x <= xs[0]:
         return ys[0]
     if x >= xs[-1]:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dbus_aggregate_batteries.config import TemperatureConfig, TemperatureTable
+from dbus_aggregate_batteries.core.limits import piecewise
 from dbus_aggregate_batteries.core.model import PackSnapshot
 from dbus_aggregate_batteries.core.reasons import Reason, tighter
 
@@ -32,17 +33,8 @@ class Derating:
 
 
 def factor_at(table: TemperatureTable, t: float) -> float:
-    """Piecewise-linear lookup, flat beyond the first and last points."""
-    xs, ys = table.temperature_c, table.factor
-    if t <= xs[0]:
-        return ys[0]
-    if t >= xs[-1]:
-        return ys[-1]
-    for i in range(1, len(xs)):
-        if t <= xs[i]:
-            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-            return y0 + (y1 - y0) * (t - x0) / (x1 - x0)
-    return ys[-1]
+    """The temperature table's factor at ``t``."""
+    return piecewise(table.temperature_c, table.factor, t)
 
 
 def bank_temperatures(packs: Sequence[PackSnapshot]) -> tuple[float, float] | None:
