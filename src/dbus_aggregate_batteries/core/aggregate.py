@@ -179,58 +179,140 @@ _MIN_TEMP, _MIN_TEMP_ID = attrgetter("min_cell_temp_c"), attrgetter("min_temp_id
 
 def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
     """Merge the packs' snapshots into the bank's values."""
-    # Runs every tick: plain comprehensions over the packs, not getter lambdas (a third of
-    # the step's cost went into calling them).  The sums are the same ``sum`` over the same
-    # lists in the same order, so every result is bit-for-bit what it was.
-    max_cell, max_cell_id = _extreme(packs, _MAX_CELL, _MAX_CELL_ID, True)
-    min_cell, min_cell_id = _extreme(packs, _MIN_CELL, _MIN_CELL_ID, False)
-    max_t, max_t_id = _extreme(packs, _MAX_TEMP, _MAX_TEMP_ID, True)
-    min_t, min_t_id = _extreme(packs, _MIN_TEMP, _MIN_TEMP_ID, False)
-    power_values = [p.power_w for p in packs if p.power_w is not None]
-    installed = [p.installed_capacity_ah for p in packs if p.installed_capacity_ah is not None]
+    # Runs once a second on cold caches, where the cost is the distinct code and data a tick
+    # touches: one loop over the packs reads each snapshot once, instead of a comprehension
+    # (its own code object) per field.  The sums are still ``sum`` over the same lists in
+    # the same order, and the extremes keep the first of equal packs (strict comparisons),
+    # so every result is bit for bit what the per-field definitions give.
+    voltages: list[float] = []
+    currents: list[float] = []
+    powers: list[float] = []
+    temperatures: list[float] = []
+    capacities: list[float] = []
+    installed: list[float] = []
+    consumed: list[float] = []
+    sums: list[float] = []
+    counts: list[int] = []
+    online: list[int] = []
+    offline: list[int] = []
+    blocking_c: list[int] = []
+    blocking_d: list[int] = []
+    allow_c: list[int] = []
+    allow_d: list[int] = []
+    allow_b: list[int] = []
+    balancing: list[int] = []
+    socs: list[float] = []  # SoC of every pack reporting one
+    weights: list[float] = []  # their capacities, where usable
+    ttgs: list[float] = []  # time-to-go of packs with a usable capacity
+    ttg_weights: list[float] = []
+    hi = lo = hi_t = lo_t = None  # the packs with the extreme cells and temperatures
+    for p in packs:
+        v = p.max_cell_v
+        if v is not None and (hi is None or v > hi.max_cell_v):  # type: ignore[operator]
+            hi = p
+        v = p.min_cell_v
+        if v is not None and (lo is None or v < lo.min_cell_v):  # type: ignore[operator]
+            lo = p
+        v = p.max_cell_temp_c
+        if v is not None and (hi_t is None or v > hi_t.max_cell_temp_c):  # type: ignore[operator]
+            hi_t = p
+        v = p.min_cell_temp_c
+        if v is not None and (lo_t is None or v < lo_t.min_cell_temp_c):  # type: ignore[operator]
+            lo_t = p
+        if p.voltage_v is not None:
+            voltages.append(p.voltage_v)
+        if p.current_a is not None:
+            currents.append(p.current_a)
+        if p.power_w is not None:
+            powers.append(p.power_w)
+        if p.temperature_c is not None:
+            temperatures.append(p.temperature_c)
+        if p.capacity_ah is not None:
+            capacities.append(p.capacity_ah)
+        cap = p.installed_capacity_ah
+        if cap is not None:
+            installed.append(cap)
+        if p.soc_pct is not None:
+            socs.append(p.soc_pct)
+            if cap is not None and cap > 0:
+                weights.append(cap)
+        if p.time_to_go_s is not None and cap is not None and cap > 0:
+            ttgs.append(p.time_to_go_s)
+            ttg_weights.append(cap)
+        if p.consumed_ah is not None:
+            # Victron's convention is <= 0; serialbattery up to v1.6 publishes it positive.
+            consumed.append(abs(p.consumed_ah))
+        if p.voltages_sum_v is not None:
+            sums.append(p.voltages_sum_v)
+        if p.cells_per_battery is not None:
+            counts.append(p.cells_per_battery)
+        if p.modules_online is not None:
+            online.append(p.modules_online)
+        if p.modules_offline is not None:
+            offline.append(p.modules_offline)
+        if p.blocking_charge is not None:
+            blocking_c.append(p.blocking_charge)
+        if p.blocking_discharge is not None:
+            blocking_d.append(p.blocking_discharge)
+        if p.allow_to_charge is not None:
+            allow_c.append(p.allow_to_charge)
+        if p.allow_to_discharge is not None:
+            allow_d.append(p.allow_to_discharge)
+        if p.allow_to_balance is not None:
+            allow_b.append(p.allow_to_balance)
+        if p.balancing is not None:
+            balancing.append(p.balancing)
+    max_cell = None if hi is None else hi.max_cell_v
+    min_cell = None if lo is None else lo.min_cell_v
+    soc: float | None = None
+    if socs:
+        if len(weights) == len(socs):
+            # Weighted by installed capacity; the same products as the pairs' definition.
+            soc = sum([s * c for s, c in zip(socs, weights, strict=True)]) / sum(weights)
+        else:
+            # A pack without a usable capacity: weighting would be a guess; the plain mean
+            # is not.
+            soc = sum(socs) / len(socs)
+        soc = min(100.0, max(0.0, soc))
+    time_to_go: float | None = None
+    # The bank lasts as long as the capacity-weighted mean; any unknown pack makes it unknown.
+    if ttgs and len(ttgs) == len(packs):
+        time_to_go = sum([t * c for t, c in zip(ttgs, ttg_weights, strict=True)]) / sum(
+            ttg_weights
+        )
+    if not counts:
+        # Parallel packs must have equal counts; if they differ the lowest gives the lower CVL.
+        counts = [len(p.cells) for p in packs if p.cells]
     return Merged(
         count=len(packs),
-        voltage_v=_mean([p.voltage_v for p in packs if p.voltage_v is not None]),
-        current_a=_sum_f([p.current_a for p in packs if p.current_a is not None]),
-        power_w=sum(power_values) if packs and len(power_values) == len(packs) else None,
-        temperature_c=_mean([p.temperature_c for p in packs if p.temperature_c is not None]),
-        soc_pct=_weighted_soc(packs),
-        capacity_ah=_sum_f([p.capacity_ah for p in packs if p.capacity_ah is not None]),
+        voltage_v=_mean(voltages),
+        current_a=_sum_f(currents),
+        power_w=sum(powers) if packs and len(powers) == len(packs) else None,
+        temperature_c=_mean(temperatures),
+        soc_pct=soc,
+        capacity_ah=_sum_f(capacities),
         installed_capacity_ah=_sum_f(installed),
-        consumed_ah=_consumed_ah(packs),
-        time_to_go_s=_time_to_go(packs),
+        consumed_ah=-sum(consumed) if consumed else None,
+        time_to_go_s=time_to_go,
         max_cell_v=max_cell,
-        max_cell_id=max_cell_id,
+        max_cell_id=None if hi is None else _labelled(hi, hi.max_cell_id),
         min_cell_v=min_cell,
-        min_cell_id=min_cell_id,
-        max_cell_temp_c=max_t,
-        max_temp_id=max_t_id,
-        min_cell_temp_c=min_t,
-        min_temp_id=min_t_id,
-        voltages_sum_v=_mean([p.voltages_sum_v for p in packs if p.voltages_sum_v is not None]),
+        min_cell_id=None if lo is None else _labelled(lo, lo.min_cell_id),
+        max_cell_temp_c=None if hi_t is None else hi_t.max_cell_temp_c,
+        max_temp_id=None if hi_t is None else _labelled(hi_t, hi_t.max_temp_id),
+        min_cell_temp_c=None if lo_t is None else lo_t.min_cell_temp_c,
+        min_temp_id=None if lo_t is None else _labelled(lo_t, lo_t.min_temp_id),
+        voltages_sum_v=_mean(sums),
         cell_diff_v=None if max_cell is None or min_cell is None else max_cell - min_cell,
-        cells_per_battery=_cells_per_battery(packs),
-        modules_online=_sum_i([p.modules_online for p in packs if p.modules_online is not None]),
-        modules_offline=_sum_i(
-            [p.modules_offline for p in packs if p.modules_offline is not None]
-        ),
-        blocking_charge=_sum_i(
-            [p.blocking_charge for p in packs if p.blocking_charge is not None]
-        ),
-        blocking_discharge=_sum_i(
-            [p.blocking_discharge for p in packs if p.blocking_discharge is not None]
-        ),
+        cells_per_battery=min(counts) if counts else None,
+        modules_online=_sum_i(online),
+        modules_offline=_sum_i(offline),
+        blocking_charge=_sum_i(blocking_c),
+        blocking_discharge=_sum_i(blocking_d),
         alarms=_alarms(packs),
-        allow_to_charge=min(
-            [p.allow_to_charge for p in packs if p.allow_to_charge is not None], default=None
-        ),
-        allow_to_discharge=min(
-            [p.allow_to_discharge for p in packs if p.allow_to_discharge is not None],
-            default=None,
-        ),
-        allow_to_balance=min(
-            [p.allow_to_balance for p in packs if p.allow_to_balance is not None], default=None
-        ),
-        balancing=max([p.balancing for p in packs if p.balancing is not None], default=None),
+        allow_to_charge=min(allow_c, default=None),
+        allow_to_discharge=min(allow_d, default=None),
+        allow_to_balance=min(allow_b, default=None),
+        balancing=max(balancing, default=None),
         missing=_missing(packs),
     )

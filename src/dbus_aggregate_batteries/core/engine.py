@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 
-from dbus_aggregate_batteries.config import Config
+from dbus_aggregate_batteries.config import (
+    BmsLimitsConfig,
+    Config,
+    CurrentConfig,
+    OwnLimitsConfig,
+    ShareConfig,
+    SocConfig,
+    TemperatureConfig,
+)
 from dbus_aggregate_batteries.core.aggregate import Merged, merge_packs
 from dbus_aggregate_batteries.core.charge import (
     BalancePhase,
@@ -84,6 +92,70 @@ NO_DATA_CVL_V = 0.0
 
 
 @dataclass(frozen=True, slots=True)
+class _Settings:
+    """The config values a tick reads, taken from the config once per Config.
+
+    The tick runs once a second on cold caches, where each ``cfg.limits.x.y`` chain costs
+    several cache misses (a pydantic model's attribute goes through its ``__getattr__`` hook
+    and the type's lookup); a slotted field here is one read.
+    """
+
+    cfg: Config  # the config these were taken from (identity decides reuse)
+    own_mode: bool
+    soc: SocConfig
+    soc_own: bool
+    max_gap_s: float
+    current: CurrentConfig
+    own: OwnLimitsConfig
+    bms: BmsLimitsConfig
+    bms_currents: str
+    share: ShareConfig
+    temperature: TemperatureConfig
+    temperature_own: bool
+    temperature_bms_cap: bool
+    policy: str
+    grace_s: float
+    cap_c: float | None
+    cap_d: float | None
+    cap_c_reason: Reason
+    cap_d_reason: Reason
+    shadow: bool
+    send_cell_voltages: bool
+
+    @staticmethod
+    def of(cfg: Config) -> _Settings:
+        """Take the values from ``cfg``."""
+        limits = cfg.limits
+        cap_c, cap_d = limits.max_charge_current_a, limits.max_discharge_current_a
+        return _Settings(
+            cfg=cfg,
+            own_mode=limits.mode == "own",
+            soc=cfg.soc,
+            soc_own=cfg.soc.source == "own",
+            max_gap_s=cfg.soc.max_gap_s,
+            current=cfg.current,
+            own=limits.own,
+            bms=limits.bms,
+            bms_currents=limits.bms.currents,
+            share=limits.share,
+            temperature=limits.temperature,
+            temperature_own=limits.temperature.own,
+            temperature_bms_cap=limits.temperature.bms_cap,
+            policy=cfg.fault.policy,
+            grace_s=cfg.fault.grace_s,
+            cap_c=cap_c,
+            cap_d=cap_d,
+            # The cap reasons' texts are fixed by the config: formatted once (unused if None).
+            cap_c_reason=Reason("cap", f"limits.max_charge_current_a {cap_c:g} A")
+            if cap_c is not None else Reason("cap", ""),
+            cap_d_reason=Reason("cap", f"limits.max_discharge_current_a {cap_d:g} A")
+            if cap_d is not None else Reason("cap", ""),
+            shadow=cfg.publish.mode == "shadow",
+            send_cell_voltages=cfg.publish.send_cell_voltages,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EngineState:
     """Everything the core remembers between ticks (the shell persists parts of it)."""
 
@@ -100,6 +172,8 @@ class EngineState:
     share: ShareState = field(default_factory=ShareState)
     reasons: Reasons = field(default_factory=Reasons)
     reason_log: ReasonLog = field(default_factory=ReasonLog)
+    # Derived from the config, not state: kept here so that it is taken once per Config.
+    settings: _Settings | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +210,8 @@ def _cell_path_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "", label) or "Pack"
 
 
-def _charge_mode(cfg: Config, packs: Sequence[PackSnapshot], state: EngineState) -> str:
-    if cfg.limits.mode == "own":
+def _charge_mode(own_mode: bool, packs: Sequence[PackSnapshot], state: EngineState) -> str:
+    if own_mode:
         if state.high_cell:
             return "Dynamic CVL"
         if state.balancing.phase is BalancePhase.ACTIVE:
@@ -166,10 +240,10 @@ def _installed_with_missing(
 
 
 def _derated_bms_limits(
-    cfg: Config, healthy: Sequence[PackSnapshot], missing: Sequence[PackSnapshot]
+    cfg: BmsLimitsConfig, healthy: Sequence[PackSnapshot], missing: Sequence[PackSnapshot]
 ) -> tuple[CurrentLimits, tuple[Event, ...]]:
-    limits, events = bms_current_limits(cfg.limits.bms, healthy)
-    if not missing or cfg.limits.bms.currents != "min_times_n":
+    limits, events = bms_current_limits(cfg, healthy)
+    if not missing or cfg.currents != "min_times_n":
         return limits, events
     # A missing pack may still be connected: its last known limit stays in the minimum.
     ccls = [p.ccl_a for p in missing if p.ccl_a is not None]
@@ -182,7 +256,7 @@ def _derated_bms_limits(
 
 
 def _temperature_limits(
-    cfg: Config,
+    cfg: TemperatureConfig,
     packs: Sequence[PackSnapshot],
     currents: CurrentLimits,
     ccl_reason: Reason,
@@ -190,16 +264,15 @@ def _temperature_limits(
     base: tuple[float, float],
 ) -> tuple[CurrentLimits, Reason, Reason]:
     (ccl, ccl_reason), (dcl, dcl_reason) = apply_derating(
-        cfg.limits.temperature, packs, (currents.ccl_a, ccl_reason),
+        cfg, packs, (currents.ccl_a, ccl_reason),
         (currents.dcl_a, dcl_reason), base,
     )
     return CurrentLimits(ccl, dcl), ccl_reason, dcl_reason
 
 
-def _temperature_alarm(cfg: Config, packs: Sequence[PackSnapshot]) -> int | None:
+def _temperature_alarm(settings: _Settings, packs: Sequence[PackSnapshot]) -> int | None:
     # Only while temperature derating is in use; invalid (hidden in the GUI) otherwise.
-    t = cfg.limits.temperature
-    if not (t.own if cfg.limits.mode == "own" else t.bms_cap):
+    if not (settings.temperature_own if settings.own_mode else settings.temperature_bms_cap):
         return None
     # A warning, not an alarm: the bank still discharges (see core/temperature.py).
     return 1 if bank_temperatures(packs) is None else 0
@@ -217,6 +290,9 @@ def step(
     expected_count: int = 0,
 ) -> StepResult:
     """Compute everything the virtual battery publishes for this tick."""
+    settings = state.settings
+    if settings is None or settings.cfg is not cfg:
+        settings = _Settings.of(cfg)
     events: list[Event] = []
     merged = merge_packs(healthy)
     # Every pack the limits must respect: a missing one may still be connected.
@@ -234,13 +310,13 @@ def step(
             )
         )
 
-    current, ev = bank_current(cfg.current, merged, aux)
+    current, ev = bank_current(settings.current, merged, aux)
     events.extend(ev)
 
     # Own Coulomb counter (always runs so switching source keeps a warm counter).
     counter, soc_out, ev = step_counter(
         state.counter,
-        cfg.soc,
+        settings.soc,
         now_s=now_s,
         current_a=current.current_a,
         # A missing pack's capacity still counts: clamping the counter to the healthy packs'
@@ -250,7 +326,7 @@ def step(
         max_cell_v=merged.max_cell_v,
         min_cell_v=merged.min_cell_v,
     )
-    if cfg.soc.source == "own":
+    if settings.soc_own:
         events.extend(ev)
     else:
         soc_out = SocOutput(
@@ -277,7 +353,7 @@ def step(
             high_voltage_alarm=merged.alarms[HIGH_VOLTAGE_INDEX],
         ),
         now_s=now_s,
-        max_gap_s=cfg.soc.max_gap_s,
+        max_gap_s=settings.max_gap_s,
     )
     events.extend(ev)
 
@@ -298,8 +374,8 @@ def step(
                 f"packs report different cell counts {sorted(counts)}: using {n_cells}",
             )
         )
-    if cfg.limits.mode == "own":
-        own = cfg.limits.own
+    if settings.own_mode:
+        own = settings.own
         mean_cell = (
             merged.voltage_v / n_cells if merged.voltage_v is not None and n_cells else None
         )
@@ -375,14 +451,14 @@ def step(
         ccl_reason, dcl_reason = own_current_reasons(
             own, known, max_cell, min_cell, latched
         )
-        if cfg.limits.temperature.own:
+        if settings.temperature_own:
             currents, ccl_reason, dcl_reason = _temperature_limits(
-                cfg, known, currents, ccl_reason, dcl_reason,
+                settings.temperature, known, currents, ccl_reason, dcl_reason,
                 (own.max_charge_current_a, own.max_discharge_current_a),
             )
         if own.pack_limits == "share":
             share_state, shared = step_share(
-                share_state, cfg.limits.share, healthy, missing, now_s=now_s
+                share_state, settings.share, healthy, missing, now_s=now_s
             )
             ccl, dcl = currents.ccl_a, currents.dcl_a
             if shared.ccl_a is not None:
@@ -398,27 +474,27 @@ def step(
             dcl_reason = derated(dcl_reason, len(healthy), expected)
         low_voltage = own.min_cell_voltage_v * n_cells if n_cells else None
     else:
-        cvl = bms_cvl(cfg.limits.bms, healthy)
+        cvl = bms_cvl(settings.bms, healthy)
         # A missing pack's last known CVL stays in the minimum (it may still be connected).
         missing_cvls = [p.cvl_v for p in missing if p.cvl_v is not None]
         if missing_cvls:
             cvl = min([*missing_cvls, *([cvl] if cvl is not None else [])])
         cvl_reason = bms_cvl_reason(healthy, missing, cvl)
         own_share = 0.0
-        if cfg.limits.bms.currents == "share":
+        if settings.bms_currents == "share":
             share_state, shared = step_share(
-                share_state, cfg.limits.share, healthy, missing, now_s=now_s
+                share_state, settings.share, healthy, missing, now_s=now_s
             )
             currents = CurrentLimits(shared.ccl_a or 0.0, shared.dcl_a or 0.0)
             ccl_reason, dcl_reason = shared.ccl_reason, shared.dcl_reason
         else:
-            currents, ev = _derated_bms_limits(cfg, healthy, missing)
+            currents, ev = _derated_bms_limits(settings.bms, healthy, missing)
             events.extend(ev)
             ccl_reason = bms_current_reason(
-                cfg.limits.bms.currents, healthy, missing, "charge", currents.ccl_a
+                settings.bms_currents, healthy, missing, "charge", currents.ccl_a
             )
             dcl_reason = bms_current_reason(
-                cfg.limits.bms.currents, healthy, missing, "discharge", currents.dcl_a
+                settings.bms_currents, healthy, missing, "discharge", currents.dcl_a
             )
         blocked = block_reason(healthy, "charge")
         if blocked is not None:
@@ -426,9 +502,9 @@ def step(
         blocked = block_reason(healthy, "discharge")
         if blocked is not None:
             currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
-        if cfg.limits.temperature.bms_cap:
+        if settings.temperature_bms_cap:
             currents, ccl_reason, dcl_reason = _temperature_limits(
-                cfg, known, currents, ccl_reason, dcl_reason,
+                settings.temperature, known, currents, ccl_reason, dcl_reason,
                 (currents.ccl_a, currents.dcl_a),
             )
         lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
@@ -441,7 +517,7 @@ def step(
     blocked = block_reason(missing, "discharge", missing=True)
     if blocked is not None:
         currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
-    if degraded and cfg.fault.policy == "zero":
+    if degraded and settings.policy == "zero":
         currents = CurrentLimits(0.0, 0.0)
         ccl_reason = dcl_reason = Reason(
             "policy-zero", f"{len(healthy)} of {expected} packs healthy (policy zero)"
@@ -453,8 +529,8 @@ def step(
             no_healthy_since = now_s
         dcl_grace = 0.0
         if (
-            cfg.fault.policy == "derate"
-            and now_s - no_healthy_since < cfg.fault.grace_s
+            settings.policy == "derate"
+            and now_s - no_healthy_since < settings.grace_s
             and not any(p.blocks_discharge for p in missing)
         ):
             # At most one pack's last known BMS DCL; in own mode also at most one pack's
@@ -462,33 +538,28 @@ def step(
             last_dcls = [p.dcl_a for p in missing if p.dcl_a is not None]
             if last_dcls:
                 dcl_grace = min(last_dcls)
-                if cfg.limits.mode == "own":
+                if settings.own_mode:
                     dcl_grace = min(dcl_grace, own_share)
-                elif cfg.limits.temperature.bms_cap:
+                elif settings.temperature_bms_cap:
                     # The temperature cap holds through the grace: the packs' last known
                     # temperatures are all we have (own mode's share above already has it).
                     factor = derate(
-                        cfg.limits.temperature.discharge_table, bank_temperatures(known),
+                        settings.temperature.discharge_table, bank_temperatures(known),
                         "discharge table", unknown_is_worst=False,
                     ).factor
                     dcl_grace = min(dcl_grace, dcl_grace * factor)
         currents = CurrentLimits(0.0, dcl_grace)
         ccl_reason = Reason("no-healthy", "no healthy pack")
         dcl_reason = (
-            Reason("grace", f"no healthy pack: one pack's last DCL for {cfg.fault.grace_s:g} s")
+            Reason("grace", f"no healthy pack: one pack's last DCL for {settings.grace_s:g} s")
             if dcl_grace > 0.0
             else Reason("no-healthy", "no healthy pack")
         )
-    cap_c, cap_d = cfg.limits.max_charge_current_a, cfg.limits.max_discharge_current_a
     ccl_a, dcl_a = currents.ccl_a, currents.dcl_a
-    if cap_c is not None:
-        ccl_a, ccl_reason = tighter(
-            ccl_a, ccl_reason, cap_c, Reason("cap", f"limits.max_charge_current_a {cap_c:g} A")
-        )
-    if cap_d is not None:
-        dcl_a, dcl_reason = tighter(
-            dcl_a, dcl_reason, cap_d, Reason("cap", f"limits.max_discharge_current_a {cap_d:g} A")
-        )
+    if settings.cap_c is not None:
+        ccl_a, ccl_reason = tighter(ccl_a, ccl_reason, settings.cap_c, settings.cap_c_reason)
+    if settings.cap_d is not None:
+        dcl_a, dcl_reason = tighter(dcl_a, dcl_reason, settings.cap_d, settings.cap_d_reason)
     currents = CurrentLimits(ccl_a, dcl_a)
     cvl = _finite(cvl)
     if cvl is None:
@@ -505,7 +576,8 @@ def step(
     reasons = Reasons(cvl_reason, ccl_reason, dcl_reason)
     reason_log, ev = reason_events(state.reason_log, state.reasons, reasons, now_s)
     events.extend(ev)
-    if cfg.publish.mode == "shadow":
+    shadow = settings.shadow
+    if shadow:
         # Shadow mode controls nothing: the owner's feed-in setting is never written.
         feed_in, feed_in_request = state.feed_in, None
 
@@ -523,8 +595,11 @@ def step(
         share=share_state,
         reasons=reasons,
         reason_log=reason_log,
+        settings=settings,
     )
-    values = _publish_values(cfg, merged, healthy, current.current_a, current.power_w, soc_out)
+    values = _publish_values(
+        settings.send_cell_voltages, merged, healthy, current.current_a, current.power_w, soc_out
+    )
     values.update(history_values(history))
     alarms = list(merged.alarms)
     if degraded:
@@ -532,7 +607,6 @@ def step(
         alarms[BMS_CABLE_INDEX] = max(alarms[BMS_CABLE_INDEX] or 0, level)
     for path, alarm in zip(ALARM_PATHS, alarms, strict=True):
         values[path] = alarm
-    shadow = cfg.publish.mode == "shadow"
     values.update(
         {
             # Shadow mode: without a valid /Info/MaxChargeVoltage systemcalc never takes this
@@ -544,8 +618,8 @@ def step(
             CVL_REASON_PATH: reasons.cvl.text,
             CCL_REASON_PATH: reasons.ccl.text,
             DCL_REASON_PATH: reasons.dcl.text,
-            "/Alarms/BatteryTemperatureSensor": _temperature_alarm(cfg, known),
-            "/Info/ChargeMode": _charge_mode(cfg, healthy, new_state),
+            "/Alarms/BatteryTemperatureSensor": _temperature_alarm(settings, known),
+            "/Info/ChargeMode": _charge_mode(settings.own_mode, healthy, new_state),
             "/Io/AllowToCharge": 0 if limits.ccl_a <= 0.0 else (merged.allow_to_charge or 1),
             "/Io/AllowToDischarge": 0 if limits.dcl_a <= 0.0 else (merged.allow_to_discharge or 1),
             "/Io/AllowToBalance": merged.allow_to_balance,
@@ -576,7 +650,7 @@ def step(
 
 
 def _publish_values(
-    cfg: Config,
+    send_cell_voltages: bool,
     merged: Merged,
     packs: Sequence[PackSnapshot],
     current_a: float | None,
@@ -609,7 +683,7 @@ def _publish_values(
         "/Voltages/Diff": merged.cell_diff_v,
         "/Balancing": merged.balancing,
     }
-    if cfg.publish.send_cell_voltages:
+    if send_cell_voltages:
         for pack in packs:
             name = _cell_path_name(pack.label)
             for i, cell in enumerate(pack.cells, start=1):

@@ -172,14 +172,27 @@ def step_share(
     """Update the share estimates with this tick's currents and compute the bank limits."""
     dt = 0.0 if state.last_s is None else min(MAX_DT_S, max(0.0, now_s - state.last_s))
     members = frozenset(p.service for p in healthy)
-    keep = members | {p.service for p in missing}
-    packs = {k: v for k, v in state.packs.items() if k in keep}
-    for key in members:
-        if key not in packs:
-            packs[key] = _NO_SHARE
-    left = set(state.members - members)
-    for direction in ("charge", "discharge"):
-        _renormalise(packs, left, set(members), direction)
+    if (
+        members == state.members
+        and len(members) == len(healthy)
+        and len(state.packs) == len(members)
+    ):
+        # The usual tick (same packs as last tick, none remembered besides them): nothing to
+        # drop, add or renormalise.  The dict keeps its order, as the general path would.
+        packs = dict(state.packs)
+        fused = True
+    else:
+        keep = members | {p.service for p in missing}
+        packs = {k: v for k, v in state.packs.items() if k in keep}
+        for key in members:
+            if key not in packs:
+                packs[key] = _NO_SHARE
+        left = set(state.members - members)
+        for direction in ("charge", "discharge"):
+            _renormalise(packs, left, set(members), direction)
+        # A service named twice must see its last update in both places: the bank limits
+        # then come from the finished dict, as the plain definition does.
+        fused = len(members) == len(healthy)
 
     currents = [p.current_a for p in healthy if p.current_a is not None]
     measuring: str | None = None
@@ -194,7 +207,13 @@ def step_share(
     # While a pack is missing the true total is unknown: shares may rise, never fall.
     tau = math.inf if missing else cfg.smoothing_s
     window = TREND_WINDOW_S if cfg.anticipate_s > 0.0 else 0.0
-    # One new PackShare per pack and tick: the measured share and the limit histories.
+    n = max(1, len(healthy))
+    assumed = min(1.0, (1.0 + cfg.unmeasured_margin) / n)
+    floor = MIN_SHARE_OF_EQUAL / n
+    ccl = _Binding(cfg, assumed, floor)
+    dcl = _Binding(cfg, assumed, floor)
+    # One new PackShare per pack and tick (the measured share and the limit histories), and
+    # with services unique, each pack's constraints in the same pass over the packs.
     for p in healthy:
         ps = packs[p.service]
         charge, discharge = ps.charge, ps.discharge
@@ -205,22 +224,29 @@ def step_share(
                 charge = _smooth(charge, raw, dt, tau)
             else:
                 discharge = _smooth(discharge, raw, dt, tau)
-        packs[p.service] = PackShare(
+        ps = PackShare(
             charge,
             discharge,
             _history(ps.ccl_history, now_s, p.ccl_a, window),
             _history(ps.dcl_history, now_s, p.dcl_a, window),
         )
-
-    n = max(1, len(healthy))
-    assumed = min(1.0, (1.0 + cfg.unmeasured_margin) / n)
-    floor = MIN_SHARE_OF_EQUAL / n
-    ccl, ccl_reason = _bank_limit(cfg, healthy, missing, packs, "charge", assumed, floor)
-    dcl, dcl_reason = _bank_limit(cfg, healthy, missing, packs, "discharge", assumed, floor)
-    ccl = _rise(state.ccl_a, ccl, dt, cfg.rise_s)
-    dcl = _rise(state.dcl_a, dcl, dt, cfg.rise_s)
-    new_state = ShareState(packs=packs, members=members, last_s=now_s, ccl_a=ccl, dcl_a=dcl)
-    return new_state, ShareLimits(ccl, dcl, ccl_reason, dcl_reason)
+        packs[p.service] = ps
+        if fused:
+            ccl.add(p, p.ccl_a, ps.charge, ps.ccl_history, False)
+            dcl.add(p, p.dcl_a, ps.discharge, ps.dcl_history, False)
+    if not fused:
+        for p in healthy:
+            ps = packs[p.service]
+            ccl.add(p, p.ccl_a, ps.charge, ps.ccl_history, False)
+            dcl.add(p, p.dcl_a, ps.discharge, ps.dcl_history, False)
+    for p in missing:
+        ps = packs.get(p.service, _NO_SHARE)
+        ccl.add(p, p.ccl_a, ps.charge, ps.ccl_history, True)
+        dcl.add(p, p.dcl_a, ps.discharge, ps.dcl_history, True)
+    ccl_a = _rise(state.ccl_a, ccl.best, dt, cfg.rise_s)
+    dcl_a = _rise(state.dcl_a, dcl.best, dt, cfg.rise_s)
+    new_state = ShareState(packs=packs, members=members, last_s=now_s, ccl_a=ccl_a, dcl_a=dcl_a)
+    return new_state, ShareLimits(ccl_a, dcl_a, ccl.reason("CCL"), dcl.reason("DCL"))
 
 
 def _rise(old: float | None, new: float | None, dt: float, tau_s: float) -> float | None:
@@ -231,47 +257,54 @@ def _rise(old: float | None, new: float | None, dt: float, tau_s: float) -> floa
     return old + (new - old) * (1.0 - math.exp(-dt / tau_s))
 
 
-def _bank_limit(
-    cfg: ShareConfig,
-    healthy: Sequence[PackSnapshot],
-    missing: Sequence[PackSnapshot],
-    packs: Mapping[str, PackShare],
-    direction: str,
-    assumed: float,
-    floor: float,
-) -> tuple[float | None, Reason]:
-    name = "CCL" if direction == "charge" else "DCL"
-    charge = direction == "charge"
-    best: float | None = None
-    # The binding pack's figures; its reason text is formatted once, after the loop.
-    binding: tuple[PackSnapshot, float, float, bool, float, bool] | None = None
-    n_healthy = len(healthy)
-    for i, p in enumerate((*healthy, *missing)):
-        limit = p.ccl_a if charge else p.dcl_a
+class _Binding:
+    """The lowest bank limit over the packs of one direction, and the pack that sets it."""
+
+    __slots__ = ("anticipate_s", "assumed", "best", "binding", "floor", "keep")
+
+    def __init__(self, cfg: ShareConfig, assumed: float, floor: float) -> None:
+        self.anticipate_s = cfg.anticipate_s
+        self.keep = 1.0 - cfg.headroom
+        self.assumed = assumed
+        self.floor = floor
+        self.best: float | None = None
+        # The binding pack's figures; its reason text is formatted once, after the loop.
+        self.binding: tuple[PackSnapshot, float, float, bool, float, bool] | None = None
+
+    def add(
+        self,
+        p: PackSnapshot,
+        limit: float | None,
+        share: float | None,
+        history: tuple[tuple[float, float], ...],
+        is_missing: bool,
+    ) -> None:
+        """One pack's constraint: its anticipated limit over its share (first pack on a tie)."""
         if limit is None:
-            continue
-        ps = packs.get(p.service, _NO_SHARE)
-        share = ps.charge if charge else ps.discharge
+            return
         measured = share is not None
-        share = max(floor, share) if share is not None else assumed
-        fall = fall_rate(ps.ccl_history if charge else ps.dcl_history)
-        anticipated = max(0.0, limit - fall * cfg.anticipate_s)
-        bank = anticipated / share * (1.0 - cfg.headroom)
-        if best is None or bank < best:
-            best = bank
-            binding = (p, limit, share, measured, anticipated, i >= n_healthy)
-    if binding is None:
-        return best, Reason(f"share-none-{name}", f"no pack reports a {name}")
-    p, limit, share, measured, anticipated, is_missing = binding
-    notes = []
-    if not measured:
-        notes.append("assumed")
-    if anticipated < limit:
-        notes.append(f"falling, {anticipated:.0f} A expected")
-    if is_missing:
-        notes.append("last known, missing")
-    extra = f" ({', '.join(notes)})" if notes else ""
-    return best, Reason(
-        f"share {p.service}",
-        f"{p.label} {name} {limit:.0f} A at {share * 100:.0f} % share{extra}",
-    )
+        share = max(self.floor, share) if share is not None else self.assumed
+        fall = fall_rate(history)
+        anticipated = max(0.0, limit - fall * self.anticipate_s)
+        bank = anticipated / share * self.keep
+        if self.best is None or bank < self.best:
+            self.best = bank
+            self.binding = (p, limit, share, measured, anticipated, is_missing)
+
+    def reason(self, name: str) -> Reason:
+        """Why the bank limit is what it is."""
+        if self.binding is None:
+            return Reason(f"share-none-{name}", f"no pack reports a {name}")
+        p, limit, share, measured, anticipated, is_missing = self.binding
+        notes = []
+        if not measured:
+            notes.append("assumed")
+        if anticipated < limit:
+            notes.append(f"falling, {anticipated:.0f} A expected")
+        if is_missing:
+            notes.append("last known, missing")
+        extra = f" ({', '.join(notes)})" if notes else ""
+        return Reason(
+            f"share {p.service}",
+            f"{p.label} {name} {limit:.0f} A at {share * 100:.0f} % share{extra}",
+        )
