@@ -13,7 +13,7 @@ Rules (the original program's, corrected):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
@@ -59,77 +59,8 @@ class Merged:
     missing: tuple[str, ...]
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _sum_f(values: list[float]) -> float | None:
-    return sum(values) if values else None
-
-
-def _sum_i(values: list[int]) -> int | None:
-    return sum(values) if values else None
-
-
 def _labelled(pack: PackSnapshot, cell_id: str | None) -> str:
     return f"{pack.label}: {cell_id}" if cell_id else pack.label
-
-
-def _extreme(
-    packs: Sequence[PackSnapshot],
-    value: Callable[[PackSnapshot], float | None],
-    ident: Callable[[PackSnapshot], str | None],
-    highest: bool,
-) -> tuple[float | None, str | None]:
-    with_value = [p for p in packs if value(p) is not None]
-    if not with_value:
-        return None, None
-    # max/min return the first of equal packs, as a strict comparison in a loop would.
-    best = max(with_value, key=value) if highest else min(with_value, key=value)  # type: ignore[arg-type]
-    return value(best), _labelled(best, ident(best))
-
-
-def _weighted_soc(packs: Sequence[PackSnapshot]) -> float | None:
-    pairs = [(p.soc_pct, p.installed_capacity_ah) for p in packs if p.soc_pct is not None]
-    if not pairs:
-        return None
-    weights = [c for _, c in pairs if c is not None and c > 0]
-    if len(weights) == len(pairs):
-        total = sum(weights)
-        # Every pair has its capacity in ``weights`` (same order): the same products.
-        soc = sum([s * c for (s, _), c in zip(pairs, weights, strict=True)]) / total
-    else:
-        # A pack without a usable capacity: weighting would be a guess; the plain mean is not.
-        soc = sum(s for s, _ in pairs) / len(pairs)
-    return min(100.0, max(0.0, soc))
-
-
-def _time_to_go(packs: Sequence[PackSnapshot]) -> float | None:
-    # The bank lasts as long as the capacity-weighted mean; any unknown pack makes it unknown.
-    pairs = [
-        (p.time_to_go_s, p.installed_capacity_ah) for p in packs
-        if p.time_to_go_s is not None
-        and p.installed_capacity_ah is not None
-        and p.installed_capacity_ah > 0
-    ]
-    if not pairs or len(pairs) != len(packs):
-        return None
-    total = sum([c for _, c in pairs])
-    return sum([(t or 0.0) * c for t, c in pairs]) / total
-
-
-def _consumed_ah(packs: Sequence[PackSnapshot]) -> float | None:
-    # Victron's convention is <= 0; serialbattery up to v1.6 publishes it positive.
-    values = [abs(p.consumed_ah) for p in packs if p.consumed_ah is not None]
-    return -sum(values) if values else None
-
-
-def _cells_per_battery(packs: Sequence[PackSnapshot]) -> int | None:
-    # Parallel packs must have equal counts; if they differ the lowest gives the lower CVL.
-    counts = [p.cells_per_battery for p in packs if p.cells_per_battery is not None]
-    if not counts:
-        counts = [len(p.cells) for p in packs if p.cells]
-    return min(counts) if counts else None
 
 
 _CHECKED: tuple[tuple[str, str], ...] = (
@@ -170,13 +101,6 @@ def _alarms(packs: Sequence[PackSnapshot]) -> tuple[int | None, ...]:
     )
 
 
-# Getters built once (attrgetter runs in C; a lambda per call and per pack did not).
-_MAX_CELL, _MAX_CELL_ID = attrgetter("max_cell_v"), attrgetter("max_cell_id")
-_MIN_CELL, _MIN_CELL_ID = attrgetter("min_cell_v"), attrgetter("min_cell_id")
-_MAX_TEMP, _MAX_TEMP_ID = attrgetter("max_cell_temp_c"), attrgetter("max_temp_id")
-_MIN_TEMP, _MIN_TEMP_ID = attrgetter("min_cell_temp_c"), attrgetter("min_temp_id")
-
-
 def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
     """Merge the packs' snapshots into the bank's values."""
     # Runs once a second on cold caches, where the cost is the distinct code and data a tick
@@ -206,12 +130,19 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
     ttgs: list[float] = []  # time-to-go of packs with a usable capacity
     ttg_weights: list[float] = []
     hi = lo = hi_t = lo_t = None  # the packs with the extreme cells and temperatures
+    alarms = packs[0].alarms if packs else None
+    equal_alarms = True  # usually every pack reports the same levels (all 0)
+    lacking = False  # some pack lacks one of the checked paths (usually none does)
     for p in packs:
         v = p.max_cell_v
-        if v is not None and (hi is None or v > hi.max_cell_v):  # type: ignore[operator]
+        if v is None:
+            lacking = True
+        elif hi is None or v > hi.max_cell_v:  # type: ignore[operator]
             hi = p
         v = p.min_cell_v
-        if v is not None and (lo is None or v < lo.min_cell_v):  # type: ignore[operator]
+        if v is None:
+            lacking = True
+        elif lo is None or v < lo.min_cell_v:  # type: ignore[operator]
             lo = p
         v = p.max_cell_temp_c
         if v is not None and (hi_t is None or v > hi_t.max_cell_temp_c):  # type: ignore[operator]
@@ -221,8 +152,12 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
             lo_t = p
         if p.voltage_v is not None:
             voltages.append(p.voltage_v)
+        else:
+            lacking = True
         if p.current_a is not None:
             currents.append(p.current_a)
+        else:
+            lacking = True
         if p.power_w is not None:
             powers.append(p.power_w)
         if p.temperature_c is not None:
@@ -232,10 +167,18 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
         cap = p.installed_capacity_ah
         if cap is not None:
             installed.append(cap)
+        else:
+            lacking = True
         if p.soc_pct is not None:
             socs.append(p.soc_pct)
             if cap is not None and cap > 0:
                 weights.append(cap)
+        else:
+            lacking = True
+        if p.cvl_v is None or p.ccl_a is None or p.dcl_a is None:
+            lacking = True
+        if p.alarms != alarms:
+            equal_alarms = False
         if p.time_to_go_s is not None and cap is not None and cap > 0:
             ttgs.append(p.time_to_go_s)
             ttg_weights.append(cap)
@@ -285,13 +228,13 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
         counts = [len(p.cells) for p in packs if p.cells]
     return Merged(
         count=len(packs),
-        voltage_v=_mean(voltages),
-        current_a=_sum_f(currents),
+        voltage_v=sum(voltages) / len(voltages) if voltages else None,
+        current_a=sum(currents) if currents else None,
         power_w=sum(powers) if packs and len(powers) == len(packs) else None,
-        temperature_c=_mean(temperatures),
+        temperature_c=sum(temperatures) / len(temperatures) if temperatures else None,
         soc_pct=soc,
-        capacity_ah=_sum_f(capacities),
-        installed_capacity_ah=_sum_f(installed),
+        capacity_ah=sum(capacities) if capacities else None,
+        installed_capacity_ah=sum(installed) if installed else None,
         consumed_ah=-sum(consumed) if consumed else None,
         time_to_go_s=time_to_go,
         max_cell_v=max_cell,
@@ -302,17 +245,18 @@ def merge_packs(packs: Sequence[PackSnapshot]) -> Merged:
         max_temp_id=None if hi_t is None else _labelled(hi_t, hi_t.max_temp_id),
         min_cell_temp_c=None if lo_t is None else lo_t.min_cell_temp_c,
         min_temp_id=None if lo_t is None else _labelled(lo_t, lo_t.min_temp_id),
-        voltages_sum_v=_mean(sums),
+        voltages_sum_v=sum(sums) / len(sums) if sums else None,
         cell_diff_v=None if max_cell is None or min_cell is None else max_cell - min_cell,
         cells_per_battery=min(counts) if counts else None,
-        modules_online=_sum_i(online),
-        modules_offline=_sum_i(offline),
-        blocking_charge=_sum_i(blocking_c),
-        blocking_discharge=_sum_i(blocking_d),
-        alarms=_alarms(packs),
+        modules_online=sum(online) if online else None,
+        modules_offline=sum(offline) if offline else None,
+        blocking_charge=sum(blocking_c) if blocking_c else None,
+        blocking_discharge=sum(blocking_d) if blocking_d else None,
+        # Equal levels: each column's max is the value (the first pack's tuple, as _alarms).
+        alarms=alarms if equal_alarms and alarms is not None else _alarms(packs),
         allow_to_charge=min(allow_c, default=None),
         allow_to_discharge=min(allow_d, default=None),
         allow_to_balance=min(allow_b, default=None),
         balancing=max(balancing, default=None),
-        missing=_missing(packs),
+        missing=_missing(packs) if lacking else (),
     )

@@ -50,10 +50,9 @@ from dbus_aggregate_batteries.core.charge import (
 )
 from dbus_aggregate_batteries.core.current import bank_current
 from dbus_aggregate_batteries.core.history import (
-    HistoryInput,
     HistoryState,
+    advance_history,
     history_values,
-    step_history,
 )
 from dbus_aggregate_batteries.core.limits import (
     CurrentLimits,
@@ -202,10 +201,6 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _first(*values: float | None) -> float | None:
-    return next((v for v in values if v is not None), None)
-
-
 def _cell_path_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "", label) or "Pack"
 
@@ -219,20 +214,29 @@ def _charge_mode(own_mode: bool, packs: Sequence[PackSnapshot], state: EngineSta
         if state.balancing.phase is BalancePhase.HOLD:
             return "Balanced (holding)"
         return "Normal"
-    modes = [p.charge_mode for p in packs if p.charge_mode]
-    if not modes:
+    # One plain loop: a comprehension or generator is a function of its own to enter.
+    first = None
+    floating = 0
+    for p in packs:
+        if p.charge_mode:
+            if first is None:
+                first = p.charge_mode
+            if p.in_float:
+                floating += 1
+    if first is None:
         return "Unknown"
-    floating = sum(1 for p in packs if p.in_float)
     if floating == len(packs):
         return "Float"
     if floating:
         return f"Bulk/Absorption ({floating} of {len(packs)} in float)"
-    return modes[0].split(" ")[0]
+    return first.split(" ")[0]
 
 
 def _installed_with_missing(
     installed_ah: float | None, missing: Sequence[PackSnapshot]
 ) -> float | None:
+    if not missing:
+        return installed_ah
     extra = sum(p.installed_capacity_ah or 0.0 for p in missing)
     if installed_ah is None:
         return extra or None
@@ -337,21 +341,20 @@ def step(
             time_to_full_s=None,
         )
 
-    history, ev = step_history(
+    min_temp, max_temp = merged.min_cell_temp_c, merged.max_cell_temp_c
+    history, ev = advance_history(
         state.history,
-        HistoryInput(
-            healthy=bool(healthy),
-            voltage_v=merged.voltage_v,
-            current_a=current.current_a,
-            soc_pct=soc_out.soc_pct,
-            consumed_ah=soc_out.consumed_ah,
-            min_cell_v=merged.min_cell_v,
-            max_cell_v=merged.max_cell_v,
-            min_temperature_c=_first(merged.min_cell_temp_c, merged.temperature_c),
-            max_temperature_c=_first(merged.max_cell_temp_c, merged.temperature_c),
-            low_voltage_alarm=merged.alarms[LOW_VOLTAGE_INDEX],
-            high_voltage_alarm=merged.alarms[HIGH_VOLTAGE_INDEX],
-        ),
+        bool(healthy),
+        merged.voltage_v,
+        current.current_a,
+        soc_out.soc_pct,
+        soc_out.consumed_ah,
+        merged.min_cell_v,
+        merged.max_cell_v,
+        min_temp if min_temp is not None else merged.temperature_c,
+        max_temp if max_temp is not None else merged.temperature_c,
+        merged.alarms[LOW_VOLTAGE_INDEX],
+        merged.alarms[HIGH_VOLTAGE_INDEX],
         now_s=now_s,
         max_gap_s=settings.max_gap_s,
     )
@@ -476,7 +479,7 @@ def step(
     else:
         cvl = bms_cvl(settings.bms, healthy)
         # A missing pack's last known CVL stays in the minimum (it may still be connected).
-        missing_cvls = [p.cvl_v for p in missing if p.cvl_v is not None]
+        missing_cvls = [p.cvl_v for p in missing if p.cvl_v is not None] if missing else []
         if missing_cvls:
             cvl = min([*missing_cvls, *([cvl] if cvl is not None else [])])
         cvl_reason = bms_cvl_reason(healthy, missing, cvl)
@@ -510,13 +513,14 @@ def step(
         lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
         low_voltage = max(lows) if lows else None
 
-    # A block known from a missing pack's last values still holds: it may be connected.
-    blocked = block_reason(missing, "charge", missing=True)
-    if blocked is not None:
-        currents, ccl_reason = CurrentLimits(0.0, currents.dcl_a), blocked
-    blocked = block_reason(missing, "discharge", missing=True)
-    if blocked is not None:
-        currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
+    if missing:
+        # A block known from a missing pack's last values still holds: it may be connected.
+        blocked = block_reason(missing, "charge", missing=True)
+        if blocked is not None:
+            currents, ccl_reason = CurrentLimits(0.0, currents.dcl_a), blocked
+        blocked = block_reason(missing, "discharge", missing=True)
+        if blocked is not None:
+            currents, dcl_reason = CurrentLimits(currents.ccl_a, 0.0), blocked
     if degraded and settings.policy == "zero":
         currents = CurrentLimits(0.0, 0.0)
         ccl_reason = dcl_reason = Reason(

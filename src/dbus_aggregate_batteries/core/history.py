@@ -140,19 +140,48 @@ def step_history(
     state: HistoryState, inp: HistoryInput, *, now_s: float, max_gap_s: float
 ) -> tuple[HistoryState, tuple[Event, ...]]:
     """Advance the history to ``now_s`` (monotonic seconds) with this tick's bank values."""
+    return advance_history(
+        state, inp.healthy, inp.voltage_v, inp.current_a, inp.soc_pct, inp.consumed_ah,
+        inp.min_cell_v, inp.max_cell_v, inp.min_temperature_c, inp.max_temperature_c,
+        inp.low_voltage_alarm, inp.high_voltage_alarm, now_s=now_s, max_gap_s=max_gap_s,
+    )
+
+
+def advance_history(
+    state: HistoryState,
+    healthy: bool,
+    voltage_v: float | None,
+    current_a: float | None,
+    soc_pct: float | None,
+    consumed_ah: float | None,
+    min_cell_v: float | None,
+    max_cell_v: float | None,
+    min_temperature_c: float | None,
+    max_temperature_c: float | None,
+    low_voltage_alarm: int | None,
+    high_voltage_alarm: int | None,
+    *,
+    now_s: float,
+    max_gap_s: float,
+) -> tuple[HistoryState, tuple[Event, ...]]:
+    """:func:`step_history` with the values of a :class:`HistoryInput` as arguments.
+
+    The engine calls this one: on the once-a-second tick, caches are cold, and building the
+    input object costs a generic attribute store per field.
+    """
     dt = None if state.last_s is None else now_s - state.last_s
     since_full = state.since_full_s
     if since_full is not None and dt is not None and dt > 0.0:
         # Time passes whatever the data: the clock alone moves this one.
         since_full += dt
-    if not inp.healthy:
+    if not healthy:
         return replace(state, last_s=now_s, since_full_s=since_full), ()
 
     # Locals and one construction at the end: this runs every tick.
-    voltage = _finite(inp.voltage_v)
-    current = _finite(inp.current_a)
-    soc = _finite(inp.soc_pct)
-    consumed = _finite(inp.consumed_ah)
+    voltage = _finite(voltage_v)
+    current = _finite(current_a)
+    soc = _finite(soc_pct)
+    consumed = _finite(consumed_ah)
     events: list[Event] = []
     drawn = state.total_ah_drawn
     charged = state.charged_kwh
@@ -220,15 +249,15 @@ def step_history(
     # An unknown alarm level keeps the last known state: a dropout is not a new alarm.
     low_alarms = state.low_voltage_alarms
     low_active = state.low_alarm_active
-    if inp.low_voltage_alarm is not None:
-        active = inp.low_voltage_alarm >= ALARM_LEVEL
+    if low_voltage_alarm is not None:
+        active = low_voltage_alarm >= ALARM_LEVEL
         if active and not low_active:
             low_alarms += 1
         low_active = active
     high_alarms = state.high_voltage_alarms
     high_active = state.high_alarm_active
-    if inp.high_voltage_alarm is not None:
-        active = inp.high_voltage_alarm >= ALARM_LEVEL
+    if high_voltage_alarm is not None:
+        active = high_voltage_alarm >= ALARM_LEVEL
         if active and not high_active:
             high_alarms += 1
         high_active = active
@@ -246,10 +275,10 @@ def step_history(
         high_voltage_alarms=high_alarms,
         min_voltage_v=_low(state.min_voltage_v, voltage),
         max_voltage_v=_high(state.max_voltage_v, voltage),
-        min_cell_v=_low(state.min_cell_v, _finite(inp.min_cell_v)),
-        max_cell_v=_high(state.max_cell_v, _finite(inp.max_cell_v)),
-        min_temperature_c=_low(state.min_temperature_c, _finite(inp.min_temperature_c)),
-        max_temperature_c=_high(state.max_temperature_c, _finite(inp.max_temperature_c)),
+        min_cell_v=_low(state.min_cell_v, _finite(min_cell_v)),
+        max_cell_v=_high(state.max_cell_v, _finite(max_cell_v)),
+        min_temperature_c=_low(state.min_temperature_c, _finite(min_temperature_c)),
+        max_temperature_c=_high(state.max_temperature_c, _finite(max_temperature_c)),
         since_full_s=since_full,
         cycle_armed=cycle_armed,
         sync_armed=sync_armed,
