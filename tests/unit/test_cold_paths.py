@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from dbus_aggregate_batteries.config import ShareConfig, parse_config
 from dbus_aggregate_batteries.core.aggregate import Merged, _alarms, _missing, merge_packs
 from dbus_aggregate_batteries.core.engine import EngineState, step
+from dbus_aggregate_batteries.core.limits import bms_cvl
 from dbus_aggregate_batteries.core.model import AuxSnapshot, PackSnapshot
 from dbus_aggregate_batteries.core.reasons import Reason
 from dbus_aggregate_batteries.core.share import (
@@ -307,3 +308,24 @@ def test_settings_kept_in_state_equal_a_step_without_them(
         )
         assert a.state.settings is not None and a.state.settings.cfg is cfg
         kept, fresh = a.state, b.state
+
+
+# ------------------------------------------------------------------------- bms CVL, one loop
+
+
+def plain_bms_cvl(float_aware: bool, packs: Sequence[PackSnapshot]) -> float | None:
+    with_cvl = [p for p in packs if p.cvl_v is not None]
+    if not with_cvl:
+        return None
+    if float_aware:
+        absorbing = [p.cvl_v for p in with_cvl if not p.in_float and p.cvl_v is not None]
+        if absorbing:
+            return min(absorbing)
+    return min(p.cvl_v for p in with_cvl if p.cvl_v is not None)
+
+
+@FAST
+@given(packs_st(6), st.booleans())
+def test_bms_cvl_loop_equals_plain_definition(packs: list[PackSnapshot], aware: bool) -> None:
+    cfg = parse_config({"limits": {"bms": {"cvl": "float_aware" if aware else "min"}}})
+    assert repr(bms_cvl(cfg.limits.bms, packs)) == repr(plain_bms_cvl(aware, packs))

@@ -368,8 +368,13 @@ def step(
     high_cell = False
     latched = state.discharge_latched
     n_cells = merged.cells_per_battery
-    counts = {p.cells_per_battery for p in healthy if p.cells_per_battery is not None}
-    if len(counts) > 1:
+    # Plain loops over the packs here and below: a comprehension is a function to enter.
+    differing = False  # merged.cells_per_battery is the lowest reported count, if any
+    for p in healthy:
+        if p.cells_per_battery is not None and p.cells_per_battery != n_cells:
+            differing = True
+    if differing:
+        counts = {p.cells_per_battery for p in healthy if p.cells_per_battery is not None}
         events.append(
             Event(
                 Severity.WARNING,
@@ -510,8 +515,11 @@ def step(
                 settings.temperature, known, currents, ccl_reason, dcl_reason,
                 (currents.ccl_a, currents.dcl_a),
             )
-        lows = [p.battery_low_voltage_v for p in healthy if p.battery_low_voltage_v is not None]
-        low_voltage = max(lows) if lows else None
+        low_voltage = None  # the highest reported (the first of equals, as max())
+        for p in healthy:
+            v = p.battery_low_voltage_v
+            if v is not None and (low_voltage is None or v > low_voltage):
+                low_voltage = v
 
     if missing:
         # A block known from a missing pack's last values still holds: it may be connected.

@@ -100,14 +100,20 @@ def own_current_limits(
 
 def bms_cvl(cfg: BmsLimitsConfig, packs: Sequence[PackSnapshot]) -> float | None:
     """The bank CVL from the packs' CVLs (see the module docstring for the float rule)."""
-    with_cvl = [p for p in packs if p.cvl_v is not None]
-    if not with_cvl:
-        return None
-    if cfg.cvl == "float_aware":
-        absorbing = [p.cvl_v for p in with_cvl if not p.in_float and p.cvl_v is not None]
-        if absorbing:
-            return min(absorbing)
-    return min(p.cvl_v for p in with_cvl if p.cvl_v is not None)
+    # One plain loop (it runs every tick); strict comparisons keep the first of equal values,
+    # as min() does.
+    float_aware = cfg.cvl == "float_aware"
+    lowest: float | None = None  # over every pack that reports a CVL
+    absorbing: float | None = None  # over those not in float
+    for p in packs:
+        cvl = p.cvl_v
+        if cvl is None:
+            continue
+        if lowest is None or cvl < lowest:
+            lowest = cvl
+        if float_aware and not p.in_float and (absorbing is None or cvl < absorbing):
+            absorbing = cvl
+    return absorbing if absorbing is not None else lowest
 
 
 def _combine(values: list[float], how: str) -> float:
