@@ -175,7 +175,7 @@ def step_share(
     if (
         members == state.members
         and len(members) == len(healthy)
-        and len(state.packs) == len(members)
+        and state.packs.keys() == members
     ):
         # The usual tick (same packs as last tick, none remembered besides them): nothing to
         # drop, add or renormalise.  The dict keeps its order, as the general path would.
