@@ -141,6 +141,8 @@ class Application:
         # Per-cell voltages are only used by own-mode dynamic CVL and the cell republishing.
         self._with_cells = cfg.limits.mode == "own" or cfg.publish.send_cell_voltages
         self.stopping = asyncio.Event()
+        self._deadline = 0.0  # clock time of the next tick (run())
+        self._timer: asyncio.TimerHandle | None = None
         self.exit_code = EXIT_OK
         self.roster = RosterState()
         self._departures: list[Departure] = []
@@ -487,51 +489,55 @@ class Application:
 
     async def run(self) -> int:
         """Tick on absolute monotonic deadlines until stopped; returns the exit code."""
-        period = self.cfg.publish.tick_s
-        loop_time = self.clock
-        deadline = loop_time() + period
+        loop = asyncio.get_running_loop()
         watchdog_done = threading.Event()
         watchdog = threading.Thread(
             target=self._watchdog, args=(watchdog_done,), name="watchdog", daemon=True
         )
         watchdog.start()
         disconnect = asyncio.ensure_future(self._watch_bus())
-        # One waiter for the whole run: a wait_for per tick would create a task every second.
-        stop_waiter = asyncio.ensure_future(self.stopping.wait())
+        # Each tick is a plain timer callback that schedules the next: no task, future or
+        # wait() per tick (the loop itself wakes for the timer either way).
+        self._deadline = self.clock() + self.cfg.publish.tick_s
+        self._timer = loop.call_later(self._delay(), self._on_deadline)
         try:
-            while not self.stopping.is_set():
-                delay = deadline - loop_time()
-                if delay > 0:
-                    await asyncio.wait((stop_waiter,), timeout=delay / self.clock_rate)
-                    if self.stopping.is_set():
-                        break
-                now = loop_time()
-                if now - deadline >= period:
-                    skipped = int((now - deadline) // period)
-                    self.counters.missed_ticks += skipped
-                    deadline += skipped * period
-                deadline += period
-                try:
-                    self.tick()
-                    self.counters.consecutive_failures = 0
-                except Exception:
-                    self.counters.tick_failures += 1
-                    self.counters.consecutive_failures += 1
-                    log.exception(
-                        "tick failed (%d in a row)", self.counters.consecutive_failures
-                    )
-                    if (
-                        self.counters.consecutive_failures
-                        >= self.cfg.service.max_consecutive_failures
-                    ):
-                        log.error("too many failed ticks: exiting so the supervisor restarts us")
-                        self.exit_code = EXIT_FAILURE
-                        break
+            await self.stopping.wait()
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             watchdog_done.set()
             disconnect.cancel()
-            stop_waiter.cancel()
         return self.exit_code
+
+    def _delay(self) -> float:
+        return max(self._deadline - self.clock(), 0.0) / self.clock_rate
+
+    def _on_deadline(self) -> None:
+        if self.stopping.is_set():
+            return
+        period = self.cfg.publish.tick_s
+        now = self.clock()
+        if now - self._deadline >= period:
+            skipped = int((now - self._deadline) // period)
+            self.counters.missed_ticks += skipped
+            self._deadline += skipped * period
+        self._deadline += period
+        try:
+            self.tick()
+            self.counters.consecutive_failures = 0
+        except Exception:
+            self.counters.tick_failures += 1
+            self.counters.consecutive_failures += 1
+            log.exception("tick failed (%d in a row)", self.counters.consecutive_failures)
+            if self.counters.consecutive_failures >= self.cfg.service.max_consecutive_failures:
+                log.error("too many failed ticks: exiting so the supervisor restarts us")
+                self.exit_code = EXIT_FAILURE
+                self.stopping.set()
+                return
+        if not self.stopping.is_set():
+            self._timer = asyncio.get_running_loop().call_later(
+                self._delay(), self._on_deadline
+            )
 
     def _watchdog(self, done: threading.Event) -> None:
         # A thread, not a task: a blocked event loop would never run a watchdog task, and a
