@@ -143,14 +143,28 @@ _CELL_TEXT = _fmt(".3f", "V")
 INVALID_TEXT = "---"
 
 
+def precision_of(path: str) -> int | None:
+    """Decimal places a float at ``path`` is rounded to (None: not rounded)."""
+    places = PRECISION.get(path)
+    if places is None and path.startswith("/Voltages/"):
+        places = CELL_PRECISION
+    return places
+
+
+def renderer_of(path: str) -> Callable[[Value], str] | None:
+    """How a (valid) value at ``path`` is worded (None: ``str``)."""
+    render = TEXT.get(path)
+    if render is None and path.startswith("/Voltages/"):
+        render = _CELL_TEXT
+    return render
+
+
 def round_for_path(path: str, value: Value) -> Value:
     """Round a value to its published precision; NaN and infinity become invalid."""
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
-        places = PRECISION.get(path)
-        if places is None and path.startswith("/Voltages/"):
-            places = CELL_PRECISION
+        places = precision_of(path)
         if places is not None:
             rounded = round(value, places)
             return rounded + 0.0  # normalise -0.0
@@ -161,9 +175,7 @@ def text_for_path(path: str, value: Value) -> str:
     """The text velib's GetText would return for ``value`` at ``path``."""
     if value is None:
         return INVALID_TEXT
-    render = TEXT.get(path)
-    if render is None and path.startswith("/Voltages/"):
-        render = _CELL_TEXT
+    render = renderer_of(path)
     return render(value) if render else str(value)
 
 

@@ -106,7 +106,7 @@ class Application:
         *,
         state_dir: str | Path,
         clock: Callable[[], float] = time.monotonic,
-        today: Callable[[], date] = lambda: datetime.now().date(),
+        today: Callable[[], date] | None = None,
         clock_rate: float = 1.0,
     ) -> None:
         self.cfg = cfg
@@ -116,7 +116,7 @@ class Application:
         # Clock seconds per real second: the closed-loop simulator runs the service on a
         # scaled clock; waits are real, so they are divided by it.
         self.clock_rate = clock_rate
-        self.today = today
+        self.today = today if today is not None else _LocalDate()
         self.state = BusState()
         # One message handler for the connection: the libraries call every handler for every
         # message, and hundreds of pack signals a second would pay for three.
@@ -578,6 +578,28 @@ class Application:
                 await asyncio.wait_for(self.service.unregister(), 2.0)
             except (TimeoutError, _dbus.DBusCallError, Exception) as exc:
                 log.debug("releasing the name failed: %s", exc)
+
+
+class _LocalDate:
+    """Today's local date, worked out again once a minute of wall time (or when it steps back).
+
+    ``datetime.now()`` goes through the C library's localtime, which looks at the time zone
+    file on every call; the date only matters for the history's day boundary, which may come
+    up to a minute late.
+    """
+
+    __slots__ = ("_date", "_from", "_until")
+
+    def __init__(self) -> None:
+        self._date = date.min
+        self._from = self._until = 0.0
+
+    def __call__(self) -> date:
+        now = time.time()
+        if not self._from <= now < self._until:
+            self._date = datetime.fromtimestamp(now).date()
+            self._from, self._until = now, now + 60.0
+        return self._date
 
 
 def _counts_changed(new: HistoryState | None, old: HistoryState | None) -> bool:

@@ -22,11 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from dbus_aggregate_batteries.core.venus import BUSITEM, Value, round_for_path, text_for_path
+from dbus_aggregate_batteries.core.venus import (
+    BUSITEM,
+    INVALID_TEXT,
+    Value,
+    precision_of,
+    renderer_of,
+    round_for_path,
+    text_for_path,
+)
 from dbus_aggregate_batteries.shell._dbus import (
     Message,
     MessageBus,
@@ -111,13 +120,26 @@ def _same(old: Value, new: Value) -> bool:
 
 
 class _Leaf:
-    __slots__ = ("on_change", "raw", "value", "writable")
+    __slots__ = ("on_change", "places", "raw", "render", "value", "writable")
 
-    def __init__(self, value: Value, writable: bool, on_change: OnChange | None) -> None:
+    def __init__(
+        self, path: str, value: Value, writable: bool, on_change: OnChange | None
+    ) -> None:
         self.value = value
         self.raw: object = _UNSET  # last value given to publish(), before rounding
         self.writable = writable
         self.on_change = on_change
+        # round_for_path's and text_for_path's lookups, done once: publish() needs them for
+        # every changed value at every tick.
+        self.places = precision_of(path)
+        self.render = renderer_of(path)
+
+    def text(self, value: Value) -> str:
+        """text_for_path(path, value) for this leaf's path."""
+        if value is None:
+            return INVALID_TEXT
+        render = self.render
+        return render(value) if render else str(value)
 
 
 _UNSET = object()
@@ -194,7 +216,7 @@ class BusItemService:
             if node_path in self._leaves:
                 raise ValueError(f"{path}: {node_path} is an item, it cannot have children")
 
-        self._leaves[path] = _Leaf(_normalise(path, value), writable, on_change)
+        self._leaves[path] = _Leaf(path, _normalise(path, value), writable, on_change)
         for node_path, child in zip(ancestors, parts, strict=True):
             node = self._nodes.get(node_path)
             if node is None:
@@ -216,12 +238,22 @@ class BusItemService:
             # Most values are exactly what they were last tick: skip the rounding for them.
             if leaf is not None and leaf.raw == raw and type(leaf.raw) is type(raw):
                 continue
-            value = _normalise(path, raw)
             if leaf is None:
-                self.add_path(path, value)
+                self.add_path(path, _normalise(path, raw))
                 leaves[path].raw = raw
             else:
                 leaf.raw = raw
+                if type(raw) is float:
+                    # _normalise() for a plain float, with the leaf's precision.
+                    places = leaf.places
+                    if not math.isfinite(raw):
+                        value: Value = None
+                    elif places is not None:
+                        value = round(raw, places) + 0.0  # normalise -0.0
+                    else:
+                        value = raw
+                else:
+                    value = _normalise(path, raw)
                 if _same(leaf.value, value):
                     continue
                 leaf.value = value
@@ -283,9 +315,14 @@ class BusItemService:
         if not self._registered:
             return
         items: dict[str, dict[str, Variant]] = {}
+        leaves = self._leaves
         for path in paths:
-            value = self._leaves[path].value
-            items[path] = {"Value": wrap(value), "Text": Variant("s", text_for_path(path, value))}
+            leaf = leaves[path]
+            value = leaf.value
+            items[path] = {
+                "Value": Variant("d", value) if type(value) is float else wrap(value),
+                "Text": Variant("s", leaf.text(value)),
+            }
         if not batch:
             # velib announces an accepted SetValue by a lone PropertiesChanged, in every mode.
             for path, item in items.items():

@@ -290,10 +290,12 @@ class SnapshotCache:
                 changed = set(changed)
             # Set intersections run in C: most changed paths (history, unread cells) end here.
             paths = changed & _READ_PATHS
-            cell_paths = changed & _CELL_PATHS
-            if not cell_paths:
-                pass
-            elif self._reads_cells:
+            if not self._reads_cells:
+                # BMS mode with extreme cells given: whatever changed, the cells are only
+                # checked again if they are ever read (without even looking which changed).
+                if len(paths) < len(changed):
+                    self._cells_stale = True
+            elif cell_paths := changed & _CELL_PATHS:
                 # Checked when read: only the changed cells lose their checked value.
                 cells = self._cells
                 for path in cell_paths:
@@ -302,8 +304,6 @@ class SnapshotCache:
                     else:
                         cells.pop(_CELL_NUMBERS[path], None)
                 dirty = True
-            else:
-                self._cells_stale = True  # BMS mode with extreme cells given: nothing to do
         for path in paths:
             what, kind, key = _ROUTES.get(path) or _route(path)
             if what == _PER_CELL:
