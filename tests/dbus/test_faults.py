@@ -392,6 +392,51 @@ async def test_returning_pack_keeps_its_block_until_healthy(
         await app.shutdown()
 
 
+async def test_pack_slow_to_answer_one_probe_stays_healthy(
+    bus_address: str, make_bus: MakeBus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A driver busy reading a slow BMS misses the first probe's 2 s but answers the retry.
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dbus_aggregate_batteries.sim", "--bus", bus_address,
+        "--batteries", "1", "--tick", "0.2", stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    app = None
+    try:
+        assert sim.stdout is not None
+        async with asyncio.timeout(20):
+            assert b"READY" in await sim.stdout.readline()
+        app = await start_app(make_bus, tmp_path,
+                              fault={"stale_after_s": 60.0, "probe_after_s": 1.0})
+        name = packs_of(app)[0]
+        assert app.counters.health[name] is Health.ACTIVE
+        seen: set[Health] = set()
+
+        def first_probe_missed() -> bool:
+            seen.add(app.counters.health[name])
+            return "asking once more" in caplog.text
+
+        caplog.set_level("INFO")
+        sim.send_signal(signal.SIGSTOP)
+        await tick_until(app, first_probe_missed, timeout=10)
+        await asyncio.sleep(0.5)  # the retry is waiting for its answer
+        sim.send_signal(signal.SIGCONT)
+        await tick_until(app, lambda: app.monitor.probes_pending == 0, timeout=10)
+        for _ in range(5):
+            app.tick()
+            seen.add(app.counters.health[name])
+            await asyncio.sleep(0.05)
+        assert seen == {Health.ACTIVE}
+        assert "did not answer a liveness probe" not in caplog.text
+    finally:
+        if app is not None:
+            await app.shutdown()
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGCONT)
+            sim.terminate()
+            await sim.wait()
+
+
 async def test_hung_pack_process_fails_the_probe(
     bus_address: str, make_bus: MakeBus, tmp_path: Path
 ) -> None:

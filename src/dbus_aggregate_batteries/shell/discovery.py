@@ -35,6 +35,10 @@ MANDATORY_PACK_PATHS = ("/ProductName", "/DeviceInstance", "/Dc/0/Voltage")
 AUX_PATHS = ("/Dc/0/Current", "/Connected")
 SCAN_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 2.0
+# A probe that times out is asked once more, for longer, before the pack counts as hung: a
+# driver reading a slow BMS blocks its main loop for a moment, and a STALE verdict derates the
+# whole bank (a false alarm is not conservative). A hung process fails both within 5 s.
+PROBE_RETRY_TIMEOUT_S = 3.0
 
 
 @dataclass(slots=True)
@@ -291,9 +295,19 @@ class Monitor:
 
     async def _probe(self, svc: ServiceState) -> None:
         try:
-            await _dbus.call(
-                self._bus, svc.owner, "/ProductName", "GetValue", timeout_s=PROBE_TIMEOUT_S
-            )
+            try:
+                await _dbus.call(
+                    self._bus, svc.owner, "/ProductName", "GetValue", timeout_s=PROBE_TIMEOUT_S
+                )
+            except TimeoutError:
+                log.info(
+                    "%s: no answer to a liveness probe within %.0f s; asking once more",
+                    svc.name, PROBE_TIMEOUT_S,
+                )
+                await _dbus.call(
+                    self._bus, svc.owner, "/ProductName", "GetValue",
+                    timeout_s=PROBE_RETRY_TIMEOUT_S,
+                )
         except (TimeoutError, _dbus.DBusCallError):
             if self._state.services.get(svc.name) is svc and not svc.probe_failed:
                 log.warning("%s did not answer a liveness probe", svc.name)
