@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -392,10 +393,12 @@ async def test_returning_pack_keeps_its_block_until_healthy(
         await app.shutdown()
 
 
-async def test_pack_slow_to_answer_one_probe_stays_healthy(
-    bus_address: str, make_bus: MakeBus, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A driver busy reading a slow BMS misses the first probe's 2 s but answers the retry.
+@contextlib.asynccontextmanager
+async def one_pack_process(
+    bus_address: str, make_bus: MakeBus, tmp_path: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Application, str]]:
+    """One simulated pack in a process of its own (stopped with SIGSTOP to look hung) and a
+    service probing it after 1 s of silence (silence alone would take 60 s to count)."""
     sim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dbus_aggregate_batteries.sim", "--bus", bus_address,
         "--batteries", "1", "--tick", "0.2", stdout=subprocess.PIPE,
@@ -410,6 +413,21 @@ async def test_pack_slow_to_answer_one_probe_stays_healthy(
                               fault={"stale_after_s": 60.0, "probe_after_s": 1.0})
         name = packs_of(app)[0]
         assert app.counters.health[name] is Health.ACTIVE
+        yield sim, app, name
+    finally:
+        if app is not None:
+            await app.shutdown()
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGCONT)
+            sim.terminate()
+            await sim.wait()
+
+
+async def test_pack_slow_to_answer_one_probe_stays_healthy(
+    bus_address: str, make_bus: MakeBus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A driver busy reading a slow BMS misses the first probe's 2 s but answers the retry.
+    async with one_pack_process(bus_address, make_bus, tmp_path) as (sim, app, name):
         seen: set[Health] = set()
 
         def first_probe_missed() -> bool:
@@ -428,33 +446,12 @@ async def test_pack_slow_to_answer_one_probe_stays_healthy(
             await asyncio.sleep(0.05)
         assert seen == {Health.ACTIVE}
         assert "did not answer a liveness probe" not in caplog.text
-    finally:
-        if app is not None:
-            await app.shutdown()
-        if sim.returncode is None:
-            sim.send_signal(signal.SIGCONT)
-            sim.terminate()
-            await sim.wait()
 
 
 async def test_hung_pack_process_fails_the_probe(
     bus_address: str, make_bus: MakeBus, tmp_path: Path
 ) -> None:
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dbus_aggregate_batteries.sim", "--bus", bus_address,
-        "--batteries", "1", "--tick", "0.2", stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    app = None
-    try:
-        assert sim.stdout is not None
-        async with asyncio.timeout(20):
-            assert b"READY" in await sim.stdout.readline()
-        # Silence alone would take 60 s to count; only the probe can catch it sooner.
-        app = await start_app(make_bus, tmp_path,
-                              fault={"stale_after_s": 60.0, "probe_after_s": 1.0})
-        name = packs_of(app)[0]
-        assert app.counters.health[name] is Health.ACTIVE
+    async with one_pack_process(bus_address, make_bus, tmp_path) as (sim, app, name):
         sim.send_signal(signal.SIGSTOP)  # alive but not answering: a hung driver
         hung_at = time.monotonic()
         await tick_until(app, lambda: app.counters.health.get(name) is Health.STALE,
@@ -464,10 +461,3 @@ async def test_hung_pack_process_fails_the_probe(
         sim.send_signal(signal.SIGCONT)
         await tick_until(app, lambda: app.counters.health.get(name) is Health.ACTIVE,
                          timeout=10)
-    finally:
-        if app is not None:
-            await app.shutdown()
-        if sim.returncode is None:
-            sim.send_signal(signal.SIGCONT)
-            sim.terminate()
-            await sim.wait()
