@@ -989,7 +989,10 @@ async def run_one(lib: str, n: int, s: Settings) -> dict[str, Any]:
         "cells": s.cells,
         "rate": s.rate,
         "variant": s.variant,
-        "source_digest": source_digest(),
+        "source_digest": source_digest(
+            s.old_src / "dbus_aggregate_batteries"
+            if s.variant == "old" and s.old_src is not None else None
+        ),
         "git_head": git_head(),
     }
     with tempfile.TemporaryDirectory(prefix="dab-bench-") as tmp:
@@ -1214,9 +1217,10 @@ def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def source_digest() -> str:
-    """sha256 over the package's sources: the code under test is edited while benchmarks run."""
-    root = Path(_dbus.__file__).resolve().parent
+def source_digest(package: Path | None = None) -> str:
+    """sha256 over the package's sources (this tree's, or ``package``): the code under test is
+    edited while benchmarks run, and the digest tells which code a result is from."""
+    root = package if package is not None else Path(_dbus.__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
