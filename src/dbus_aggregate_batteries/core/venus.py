@@ -159,24 +159,32 @@ def renderer_of(path: str) -> Callable[[Value], str] | None:
     return render
 
 
+def round_float(value: float, places: int | None) -> float | None:
+    """``value`` rounded to ``places`` (None: as it is); NaN and infinity become invalid."""
+    if not math.isfinite(value):
+        return None
+    if places is None:
+        return value
+    return round(value, places) + 0.0  # normalise -0.0
+
+
 def round_for_path(path: str, value: Value) -> Value:
     """Round a value to its published precision; NaN and infinity become invalid."""
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        places = precision_of(path)
-        if places is not None:
-            rounded = round(value, places)
-            return rounded + 0.0  # normalise -0.0
+        return round_float(value, precision_of(path))
     return value
+
+
+def render_text(render: Callable[[Value], str] | None, value: Value) -> str:
+    """The text of ``value`` with the renderer ``renderer_of`` gave for its path."""
+    if value is None:
+        return INVALID_TEXT
+    return render(value) if render else str(value)
 
 
 def text_for_path(path: str, value: Value) -> str:
     """The text velib's GetText would return for ``value`` at ``path``."""
-    if value is None:
-        return INVALID_TEXT
-    render = renderer_of(path)
-    return render(value) if render else str(value)
+    return render_text(renderer_of(path), value)
 
 
 # The Venus GUI's own limit for a device name: gui-v2 pages/settings/PageDeviceInfo.qml gives

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from dbus_aggregate_batteries.core.venus import (
     BUSITEM,
-    INVALID_TEXT,
     Value,
     precision_of,
+    render_text,
     renderer_of,
+    round_float,
     round_for_path,
     text_for_path,
 )
@@ -136,10 +136,7 @@ class _Leaf:
 
     def text(self, value: Value) -> str:
         """text_for_path(path, value) for this leaf's path."""
-        if value is None:
-            return INVALID_TEXT
-        render = self.render
-        return render(value) if render else str(value)
+        return render_text(self.render, value)
 
 
 _UNSET = object()
@@ -243,17 +240,11 @@ class BusItemService:
                 leaves[path].raw = raw
             else:
                 leaf.raw = raw
-                if type(raw) is float:
-                    # _normalise() for a plain float, with the leaf's precision.
-                    places = leaf.places
-                    if not math.isfinite(raw):
-                        value: Value = None
-                    elif places is not None:
-                        value = round(raw, places) + 0.0  # normalise -0.0
-                    else:
-                        value = raw
-                else:
-                    value = _normalise(path, raw)
+                # _normalise(), with the leaf's precision for a plain float.
+                value: Value = (
+                    round_float(raw, leaf.places) if type(raw) is float
+                    else _normalise(path, raw)
+                )
                 if _same(leaf.value, value):
                     continue
                 leaf.value = value
