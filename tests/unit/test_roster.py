@@ -382,12 +382,12 @@ def test_shell_state_tells_alive_from_changed() -> None:
 
     svc = ServiceState(name="com.victronenergy.battery.A", owner=":1.5", first_seen_s=10.0)
     svc.apply_one("/Dc/0/Voltage", 53.2, 11.0)
-    version = svc.version
+    svc.changed.clear()  # a tick took the change
     svc.apply_one("/Dc/0/Voltage", 53.2, 20.0)  # the same value again: alive, not changed
-    assert svc.version == version and svc.alive_s == 20.0
+    assert not svc.changed and svc.alive_s == 20.0
     svc.probe_failed = True
     svc.answered(35.0)  # an answered probe: alive, and no longer failed
-    assert svc.alive_s == 35.0 and not svc.probe_failed and svc.version == version
+    assert svc.alive_s == 35.0 and not svc.probe_failed and not svc.changed
 
 
 @pytest.mark.parametrize("value", [0.5, 0.0, -5.0, 1001.0])

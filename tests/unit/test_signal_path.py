@@ -45,7 +45,7 @@ def observable(svc: ServiceState) -> tuple[Any, ...]:
     # repr: NaN is not equal to itself, and 1 == 1.0 == True would hide a type change.
     return (
         {path: (type(v), repr(v)) for path, v in svc.values.items()},
-        set(svc.changed), set(svc.signalled), svc.version, svc.last_signal_s, svc.probe_failed,
+        set(svc.changed), set(svc.signalled), svc.last_signal_s, svc.probe_failed,
     )
 
 
@@ -53,16 +53,20 @@ def observable(svc: ServiceState) -> tuple[Any, ...]:
 @given(
     steps=st.lists(
         st.tuples(st.sampled_from(PATHS), values_st, st.booleans(), st.booleans()), max_size=30
-    )
+    ),
+    scanning=st.booleans(),
 )
 def test_inlined_signal_path_equals_apply_one(
-    steps: list[tuple[str, Value, bool, bool]],
+    steps: list[tuple[str, Value, bool, bool]], scanning: bool,
 ) -> None:
     now = [0.0]
     state = BusState()
     monitor = Monitor(None, state, parse_config({}), own_name="x", clock=lambda: now[0])
     fed = state.add(NAME, OWNER, 0.0)
     reference = ServiceState(name=NAME, owner=OWNER, first_seen_s=0.0)
+    if scanning:  # a GetItems scan in flight: the signalled paths are remembered for it
+        fed.scan_started()
+        reference.scan_started()
     for i, (path, value, probe_failed, consume) in enumerate(steps, start=1):
         now[0] = float(i)
         fed.probe_failed = reference.probe_failed = probe_failed
@@ -79,3 +83,30 @@ def test_inlined_signal_path_equals_apply_one(
     fed.emits_items = True
     monitor._on_signal(signal("/Soc", 12.5))
     assert observable(fed) == before
+
+
+def test_a_scan_keeps_what_was_signalled_while_it_was_asked() -> None:
+    svc = ServiceState(name=NAME, owner=OWNER, first_seen_s=0.0)
+    svc.apply_one("/Soc", 50.0, 1.0)  # before the request: older than any reply
+    svc.scan_started()
+    svc.apply_one("/Dc/0/Voltage", 53.4, 2.0)  # read in the batch before the reply resumes
+    svc.apply_scan({"/Soc": 51.0, "/Dc/0/Voltage": 53.1, "/Dc/0/Current": 4.0}, 2.0)
+    svc.scan_ended()
+    assert svc.values == {"/Soc": 51.0, "/Dc/0/Voltage": 53.4, "/Dc/0/Current": 4.0}
+    # With no scan in flight nothing is remembered, and the next scan is believed.
+    assert not svc.signalled
+    svc.apply_one("/Dc/0/Voltage", 53.5, 3.0)
+    assert not svc.signalled
+    svc.scan_started()
+    svc.apply_scan({"/Dc/0/Voltage": 53.6}, 4.0)
+    svc.scan_ended()
+    assert svc.values["/Dc/0/Voltage"] == 53.6
+    # Two scans in flight: what was signalled is kept until the last one is done.
+    svc.scan_started()
+    svc.scan_started()
+    svc.apply_signal({"/Soc": 52.0}, 5.0)
+    svc.apply_scan({"/Soc": 49.0}, 5.0)
+    svc.scan_ended()
+    svc.apply_scan({"/Soc": 48.0}, 5.0)
+    svc.scan_ended()
+    assert svc.values["/Soc"] == 52.0 and not svc.signalled and svc.scanning == 0

@@ -174,25 +174,29 @@ class Monitor:
     async def scan(self, svc: ServiceState) -> None:
         """GetItems on a service; classify it once its product name is known."""
         self.scans_pending += 1
+        svc.scan_started()
         try:
-            reply = await _dbus.call(
-                self._bus, svc.owner, "/", "GetItems", timeout_s=SCAN_TIMEOUT_S
-            )
-        except (_dbus.DBusCallError, TimeoutError) as exc:
-            log.debug("%s: GetItems failed (%s); will retry", svc.name, exc)
-            svc.last_scan_s = self._clock()
-            return
+            try:
+                reply = await _dbus.call(
+                    self._bus, svc.owner, "/", "GetItems", timeout_s=SCAN_TIMEOUT_S
+                )
+            except (_dbus.DBusCallError, TimeoutError) as exc:
+                log.debug("%s: GetItems failed (%s); will retry", svc.name, exc)
+                svc.last_scan_s = self._clock()
+                return
+            finally:
+                self.scans_pending -= 1
+            if self._state.services.get(svc.name) is not svc:
+                return  # it left while we waited
+            items: dict[str, Value] = {}
+            unwrap = _dbus.unwrap
+            for path, item in reply[0].items():
+                variant = item.get("Value")
+                if variant is not None:
+                    items[path] = unwrap(variant)  # type: ignore[assignment]
+            svc.apply_scan(items, self._clock())
         finally:
-            self.scans_pending -= 1
-        if self._state.services.get(svc.name) is not svc:
-            return  # it left while we waited
-        items: dict[str, Value] = {}
-        unwrap = _dbus.unwrap
-        for path, item in reply[0].items():
-            variant = item.get("Value")
-            if variant is not None:
-                items[path] = unwrap(variant)  # type: ignore[assignment]
-        svc.apply_scan(items, self._clock())
+            svc.scan_ended()
         if svc.kind is Kind.CANDIDATE:
             self._classify(svc)
 
@@ -342,13 +346,13 @@ class Monitor:
                 values = svc.values
                 svc.last_signal_s = now
                 svc.probe_failed = False
-                svc.signalled.add(path)
+                if svc.scanning:
+                    svc.signalled.add(path)
                 old = values.get(path, MISSING)
                 if old == value and type(old) is type(value):
                     continue
                 values[path] = value
                 svc.changed.add(path)
-                svc.version += 1
         elif member == "ItemsChanged":
             services = self._state.by_owner.get(msg.sender)
             if not services or msg.interface != BUSITEM:

@@ -35,12 +35,16 @@ class ServiceState:
     owner: str
     kind: Kind = Kind.CANDIDATE
     values: dict[str, Value] = field(default_factory=dict)
+    # GetItems scans in flight, and the paths signalled meanwhile: a scan's reply is resumed
+    # after signals read in the same batch, so it must not overwrite what they brought.
+    # Only tracked while a scan is in flight: a signal received before the request is older
+    # than the reply (one sender's messages arrive in order).
+    scanning: int = 0
     signalled: set[str] = field(default_factory=set)
     first_seen_s: float = 0.0
     last_signal_s: float | None = None  # any signal, changed value or not: alive, not changed
     last_scan_s: float | None = None  # last scan attempt (answered or not)
     last_answer_s: float | None = None  # last answered GetItems scan or liveness probe
-    version: int = 0
     emits_items: bool = False
     probe_failed: bool = False
     # Paths whose value changed since the last snapshot: only those are checked again.
@@ -53,17 +57,14 @@ class ServiceState:
     def apply_signal(self, changes: Mapping[str, Value], now_s: float) -> None:
         """Values from ItemsChanged/PropertiesChanged: always authoritative."""
         values = self.values
-        changed = False
         for path, value in changes.items():
             if values.get(path, _MISSING) != value or path not in values:
                 values[path] = value
                 self.changed.add(path)
-                changed = True
-            self.signalled.add(path)
+        if self.scanning:
+            self.signalled.update(changes)
         self.last_signal_s = now_s
         self.probe_failed = False
-        if changed:
-            self.version += 1
 
     def apply_one(self, path: str, value: Value, now_s: float) -> None:
         """One PropertiesChanged value (the hot path: no dict building).
@@ -73,28 +74,34 @@ class ServiceState:
         values = self.values
         self.last_signal_s = now_s
         self.probe_failed = False
-        if path in values and values[path] == value and type(values[path]) is type(value):
+        if self.scanning:
             self.signalled.add(path)
+        if path in values and values[path] == value and type(values[path]) is type(value):
             return
         values[path] = value
-        self.signalled.add(path)
         self.changed.add(path)
-        self.version += 1
 
     def apply_scan(self, items: Mapping[str, Value], now_s: float) -> None:
-        """Values from a GetItems scan: never overwrite a value already received by signal."""
-        changed = False
+        """Values from a GetItems scan: never overwrite a value signalled while it was asked."""
+        signalled = self.signalled
         for path, value in items.items():
-            if path in self.signalled:
+            if path in signalled:
                 continue
             if self.values.get(path, _MISSING) != value:
                 self.values[path] = value
                 self.changed.add(path)
-                changed = True
         self.last_scan_s = now_s
         self.last_answer_s = now_s
-        if changed:
-            self.version += 1
+
+    def scan_started(self) -> None:
+        """A GetItems request is on its way: signals from now on win over its reply."""
+        self.scanning += 1
+
+    def scan_ended(self) -> None:
+        """A scan was answered (and applied) or failed."""
+        self.scanning -= 1
+        if not self.scanning:
+            self.signalled.clear()
 
     def answered(self, now_s: float) -> None:
         """The process answered a liveness probe: alive, whatever its values do."""
