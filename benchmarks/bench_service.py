@@ -10,7 +10,10 @@ For each D-Bus library and each pack count this starts, all on a fresh private b
 then waits for ``com.victronenergy.battery.aggregate``, warms up, and measures over
 ``--duration`` seconds:
 
-* CPU of the service, in % of one core (utime+stime deltas from /proc/<pid>/stat);
+* CPU of the service, in % of one core: time on CPU of its threads from
+  /proc/<pid>/task/*/schedstat (nanoseconds). The utime+stime of /proc/<pid>/stat count in
+  10 ms clock ticks: over a 45 s window at 1 update/s the floor uses about 12 of them, so one
+  tick more or less moved its ratio by 8 %. That figure is kept as ``cpu_pct_ticks``;
 * peak RSS (VmHWM from /proc/<pid>/status);
 * missed ticks (from the service's periodic summary line "missed ticks N", bracketing the
   window), cross-checked by gaps between the aggregate's ItemsChanged signals;
@@ -26,10 +29,13 @@ then waits for ``com.victronenergy.battery.aggregate``, warms up, and measures o
   the service adds on top of the phase, and the worst case over all phases is about one tick
   plus that jitter.
 
-Then, with the service stopped but the same daemon and simulator still running, the FLOOR:
-``benchmarks/floor_subscriber.py`` with the same library adds the same per-sender match rules
-for every pack and only receives and unwraps the signals. Its CPU is measured the same way, and
-its signal counter gives the real signal rate.
+The FLOOR: ``benchmarks/floor_subscriber.py`` with the same library adds the same per-sender
+match rules for every pack and only receives and unwraps the signals. It runs next to the
+service and is measured in the SAME window (started before the service, so its warm-up is
+done): the machine's slow and fast phases then hit both alike. Before the fourth pass of
+issue 12 it ran after the service had stopped, in a window of its own, which ``--floor-apart``
+still does; between two such windows the floor alone moved by up to 28 %. Its signal counter
+gives the real signal rate.
 
 Every child is started in its own process group (Ctrl-C reaches only this script, which then
 stops them in order) and with PR_SET_PDEATHSIG, so even a killed benchmark leaves nothing
@@ -358,7 +364,9 @@ class CpuWindow:
             wall = now - self.t0
             out[k] = {
                 "cpu_s": used,
-                "cpu_pct": 100.0 * used / wall,
+                # schedstat's nanoseconds; the 10 ms clock ticks of /proc/<pid>/stat beside it.
+                "cpu_pct": 100.0 * used_ns / wall,
+                "cpu_pct_ticks": 100.0 * used / wall,
                 "user_pct": 100.0 * (u1 - u0) / wall,
                 "system_pct": 100.0 * (s1 - s0) / wall,
                 "cpu_pct_schedstat": 100.0 * used_ns / wall,
@@ -539,6 +547,7 @@ class Settings:
     original_dir: Path | None = None
     original_python: str = "/usr/bin/python3"
     with_floor: bool = True
+    floor_apart: bool = False
     consumer: bool = True
 
 
@@ -922,17 +931,10 @@ async def _count(child: Child) -> tuple[int, int, float]:
     return int(signals), int(values), float(t)
 
 
-async def measure_floor(
-    lib: str,
-    n: int,
-    address: str,
-    sim_names: list[str],
-    env: dict[str, str],
-    pids: dict[str, int],
-    log_dir: Path,
-    s: Settings,
-) -> dict[str, Any]:
-    floor = Child(
+def start_floor(
+    n: int, address: str, sim_names: list[str], env: dict[str, str], log_dir: Path
+) -> Child:
+    return Child(
         "floor",
         [
             sys.executable,
@@ -945,34 +947,55 @@ async def measure_floor(
         env,
         log_dir,
     )
+
+
+async def floor_ready(floor: Child, lib: str, n: int, s: Settings) -> None:
+    ready = await floor.wait_line(lambda t: t.startswith("READY"), 30.0)
+    if ready.split()[1:] != [str(n), lib]:
+        raise RuntimeError(f"floor subscriber reports {ready!r}, expected {n} {lib}")
+    await asyncio.sleep(s.floor_warmup)
+
+
+def floor_result(
+    floor: Child, cpu: dict[str, Any], c0: tuple[int, int, float], c1: tuple[int, int, float],
+    code: int | None, *, same_window: bool,
+) -> dict[str, Any]:
+    mem = memory_mb(floor.pid) if floor.alive() else {}
+    span = c1[2] - c0[2]
+    return {
+        "window": cpu,
+        "same_window": same_window,
+        "cpu_pct": cpu["floor"]["cpu_pct"],
+        "peak_rss_mb": mem.get("VmHWM"),
+        "signals_per_s": (c1[0] - c0[0]) / span,
+        "values_per_s": (c1[1] - c0[1]) / span,
+        "exit_code": code,
+    }
+
+
+async def measure_floor(
+    lib: str,
+    n: int,
+    address: str,
+    sim_names: list[str],
+    env: dict[str, str],
+    pids: dict[str, int],
+    log_dir: Path,
+    s: Settings,
+) -> dict[str, Any]:
+    """The floor alone, after the service stopped (``--floor-apart``)."""
+    floor = start_floor(n, address, sim_names, env, log_dir)
     try:
-        ready = await floor.wait_line(lambda t: t.startswith("READY"), 30.0)
-        if ready.split()[1:] != [str(n), lib]:
-            raise RuntimeError(f"floor subscriber reports {ready!r}, expected {n} {lib}")
-        await asyncio.sleep(s.floor_warmup)
-
-        async def count() -> tuple[int, int, float]:
-            mark = len(floor.lines)
-            floor.signal(signal.SIGUSR1)
-            line = await floor.wait_line(lambda t: t.startswith("COUNT"), 5.0, start=mark)
-            _, signals, values, t = line.split()
-            return int(signals), int(values), float(t)
-
-        c0 = await count()
+        await floor_ready(floor, lib, n, s)
+        c0 = await _count(floor)
         window = CpuWindow({"floor": floor.pid, **pids})
         cpu = await window.run(s.duration, floor.alive)
-        mem = memory_mb(floor.pid)
-        c1 = await count()
+        peak = memory_mb(floor.pid).get("VmHWM")
+        c1 = await _count(floor)
         code = await floor.astop()
-        span = c1[2] - c0[2]
-        return {
-            "window": cpu,
-            "cpu_pct": cpu["floor"]["cpu_pct"],
-            "peak_rss_mb": mem.get("VmHWM"),
-            "signals_per_s": (c1[0] - c0[0]) / span,
-            "values_per_s": (c1[1] - c0[1]) / span,
-            "exit_code": code,
-        }
+        result = floor_result(floor, cpu, c0, c1, code, same_window=False)
+        result["peak_rss_mb"] = peak
+        return result
     finally:
         await floor.astop()
 
@@ -1023,11 +1046,31 @@ async def run_one(lib: str, n: int, s: Settings) -> dict[str, Any]:
                 raise RuntimeError(f"simulator announced {names}, expected {n} packs")
             pids = {"sim": sim.pid, "dbus_daemon": daemon.pid}
             log(f"{lib} x {n} packs: bus {address}")
-            result["service"] = await measure_service(
-                lib, n, address, names, env, pids, work, log_dir, s
-            )
+            if s.with_floor and not s.floor_apart:
+                # Measured in the service's window (CpuWindow takes every pid in ``pids``).
+                floor = start_floor(n, address, names, env, log_dir)
+                try:
+                    await floor_ready(floor, lib, n, s)
+                    c0 = await _count(floor)
+                    result["service"] = await measure_service(
+                        lib, n, address, names, env, {**pids, "floor": floor.pid}, work,
+                        log_dir, s,
+                    )
+                    c1 = await _count(floor)
+                    peak = memory_mb(floor.pid).get("VmHWM")
+                    code = await floor.astop()
+                    result["floor"] = floor_result(
+                        floor, result["service"]["window"], c0, c1, code, same_window=True
+                    )
+                    result["floor"]["peak_rss_mb"] = peak
+                finally:
+                    await floor.astop()
+            else:
+                result["service"] = await measure_service(
+                    lib, n, address, names, env, pids, work, log_dir, s
+                )
             log(f"  service {result['service']['cpu_pct']:.2f} %")
-            if s.with_floor:
+            if s.with_floor and s.floor_apart:
                 result["floor"] = await measure_floor(
                     lib, n, address, names, env, pids, log_dir, s
                 )
@@ -1338,6 +1381,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpreter for --original (needs dbus-python and gi)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the whole set (interleaved)")
     p.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    p.add_argument(
+        "--floor-apart", action="store_true",
+        help="measure the floor after the service stopped, in a window of its own, once per "
+        "repeat in the first variant's run (the method before the fourth pass); by default it "
+        "runs next to every variant and is measured in the same window",
+    )
     p.add_argument("--no-consumer", action="store_true",
                    help="no consumer of the aggregate (benchmarks/consumer_subscriber.py)")
     p.add_argument(
@@ -1396,7 +1445,8 @@ async def amain(args: argparse.Namespace) -> int:
     elif "original" in args.variants:
         raise SystemExit("variant 'original' needs --original DIR")
     # Interleaved, so that a slow phase of the shared machine hits every variant alike. The
-    # floor is measured once per (repeat, library, size, rate), in the first variant's run.
+    # floor is measured in every run's window (with --floor-apart: once per repeat, library,
+    # size and rate, after the first variant's run).
     # The original uses neither library: it runs once, with the first library's runs.
     runs = [
         (rep, lib, n, rate, variant)
@@ -1428,7 +1478,10 @@ async def amain(args: argparse.Namespace) -> int:
             settings.old_src = args.old_src
             settings.original_dir = args.original
             settings.original_python = args.original_python
-            settings.with_floor = variant == args.variants[0] and not args.no_floor
+            settings.floor_apart = args.floor_apart
+            settings.with_floor = not args.no_floor and (
+                variant == args.variants[0] or not args.floor_apart
+            )
             settings.consumer = not args.no_consumer
             try:
                 async with asyncio.timeout(per_run_limit):
