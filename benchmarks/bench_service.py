@@ -958,13 +958,14 @@ async def floor_ready(floor: Child, lib: str, n: int, s: Settings) -> None:
 
 def floor_result(
     floor: Child, cpu: dict[str, Any], c0: tuple[int, int, float], c1: tuple[int, int, float],
-    code: int | None, *, same_window: bool,
+    code: int | None, *, same_window: bool, library: str,
 ) -> dict[str, Any]:
     mem = memory_mb(floor.pid) if floor.alive() else {}
     span = c1[2] - c0[2]
     return {
         "window": cpu,
         "same_window": same_window,
+        "library": library,
         "cpu_pct": cpu["floor"]["cpu_pct"],
         "peak_rss_mb": mem.get("VmHWM"),
         "signals_per_s": (c1[0] - c0[0]) / span,
@@ -993,7 +994,7 @@ async def measure_floor(
         peak = memory_mb(floor.pid).get("VmHWM")
         c1 = await _count(floor)
         code = await floor.astop()
-        result = floor_result(floor, cpu, c0, c1, code, same_window=False)
+        result = floor_result(floor, cpu, c0, c1, code, same_window=False, library=lib)
         result["peak_rss_mb"] = peak
         return result
     finally:
@@ -1060,7 +1061,8 @@ async def run_one(lib: str, n: int, s: Settings) -> dict[str, Any]:
                     peak = memory_mb(floor.pid).get("VmHWM")
                     code = await floor.astop()
                     result["floor"] = floor_result(
-                        floor, result["service"]["window"], c0, c1, code, same_window=True
+                        floor, result["service"]["window"], c0, c1, code, same_window=True,
+                        library=lib,
                     )
                     result["floor"]["peak_rss_mb"] = peak
                 finally:

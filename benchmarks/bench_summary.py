@@ -2,13 +2,14 @@
 
     python benchmarks/bench_summary.py results-a.json [results-b.json ...]
 
-Groups the runs by library, packs, update rate and variant. CPU figures are from schedstat
-(ns, per thread) in % of one core. Every run's ratio is taken against the floor measured in
-the same repeat (same daemon, same simulator, minutes apart at most), so slow phases of a
-shared machine cancel out as far as they can; the table shows the median and min..max.
-Runs of the original program (``--original``) have no floor of their own (they use neither
-library); every other run is also compared with the original's run of the same repeat, size
-and rate in the same file ("/ original").
+Groups the runs by library, packs, update rate, variant and how the floor was measured. CPU
+figures are from schedstat (ns, per thread) in % of one core. Every run's ratio is taken
+against the floor measured in its own window (the default), or, for runs made with
+``--floor-apart`` (variant shown as "... floor apart"), against the floor measured after it in
+the same repeat; the table shows the median and min..max. The original program's runs
+(``--original``) use neither library: with a floor in their window their ratio is shown too.
+Every other run is also compared with the original's run of the same repeat, size and rate in
+the same file ("/ original").
 """
 
 from __future__ import annotations
@@ -49,12 +50,20 @@ def summarise(paths: Sequence[Path]) -> str:
         for r in doc["results"]:
             if "error" in r:
                 continue
+            apart = False
             if "floor" in r:
                 floor = r["floor"]["window"]["floor"]["cpu_pct_schedstat"]
                 floor_lib = r["library"]
+                apart = not r["floor"].get("same_window", False)
+            elif floor is not None and r.get("variant") != "original":
+                apart = True  # a later variant of a --floor-apart run (the original has none)
             svc = r["service"]
             cpu = svc["window"]["service"]["cpu_pct_schedstat"]
-            key = (r["library"], r["packs"], r.get("rate", 1.0), r.get("variant", "new"))
+            variant = r.get("variant", "new") + (" floor apart" if apart else "")
+            if "floor" in r and r["floor"].get("library", r["library"]) != r["library"]:
+                # The original uses neither library: its floor is that of the run's library.
+                variant += f" (floor {r['floor']['library']})"
+            key = (r["library"], r["packs"], r.get("rate", 1.0), variant)
             g = groups[key]
             g["service"].append(cpu)
             g["rss"].append(svc["peak_rss_mb"])
@@ -78,7 +87,9 @@ def summarise(paths: Sequence[Path]) -> str:
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {"new": 0, "new-pc": 1, "old": 2, "original": 3}
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9))):
+    for key in sorted(
+        groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3].split()[0], 9), k[3])
+    ):
         lib, packs, rate, variant = key
         g = groups[key]
         rows.append(
