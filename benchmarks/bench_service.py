@@ -957,17 +957,17 @@ async def floor_ready(floor: Child, lib: str, n: int, s: Settings) -> None:
 
 
 def floor_result(
-    floor: Child, cpu: dict[str, Any], c0: tuple[int, int, float], c1: tuple[int, int, float],
-    code: int | None, *, same_window: bool, library: str,
+    cpu: dict[str, Any], c0: tuple[int, int, float], c1: tuple[int, int, float],
+    code: int | None, peak_rss_mb: float | None, *, same_window: bool, library: str,
 ) -> dict[str, Any]:
-    mem = memory_mb(floor.pid) if floor.alive() else {}
+    """The floor's figures from its counters and a CPU window that measured it."""
     span = c1[2] - c0[2]
     return {
         "window": cpu,
         "same_window": same_window,
         "library": library,
         "cpu_pct": cpu["floor"]["cpu_pct"],
-        "peak_rss_mb": mem.get("VmHWM"),
+        "peak_rss_mb": peak_rss_mb,
         "signals_per_s": (c1[0] - c0[0]) / span,
         "values_per_s": (c1[1] - c0[1]) / span,
         "exit_code": code,
@@ -994,9 +994,7 @@ async def measure_floor(
         peak = memory_mb(floor.pid).get("VmHWM")
         c1 = await _count(floor)
         code = await floor.astop()
-        result = floor_result(floor, cpu, c0, c1, code, same_window=False, library=lib)
-        result["peak_rss_mb"] = peak
-        return result
+        return floor_result(cpu, c0, c1, code, peak, same_window=False, library=lib)
     finally:
         await floor.astop()
 
@@ -1061,10 +1059,9 @@ async def run_one(lib: str, n: int, s: Settings) -> dict[str, Any]:
                     peak = memory_mb(floor.pid).get("VmHWM")
                     code = await floor.astop()
                     result["floor"] = floor_result(
-                        floor, result["service"]["window"], c0, c1, code, same_window=True,
-                        library=lib,
+                        result["service"]["window"], c0, c1, code, peak,
+                        same_window=True, library=lib,
                     )
-                    result["floor"]["peak_rss_mb"] = peak
                 finally:
                     await floor.astop()
             else:
