@@ -77,12 +77,32 @@ def test_inlined_signal_path_equals_apply_one(
         if consume:  # a tick took the changes
             fed.changed.clear()
             reference.changed.clear()
-    # Another sender's signal, or one from a service that sends ItemsChanged, changes nothing.
+    # Another sender's signal changes nothing.
     before = observable(fed)
     monitor._on_signal(signal("/Soc", 12.5, sender=":1.99"))
-    fed.emits_items = True
-    monitor._on_signal(signal("/Soc", 12.5))
     assert observable(fed) == before
+
+
+def items_changed(changes: dict[str, Value], sender: str = OWNER) -> Any:
+    return _dbus.Message(
+        message_type=_dbus.MessageType.SIGNAL, sender=sender, path="/", interface=BUSITEM,
+        member="ItemsChanged", signature="a{sa{sv}}",
+        body=[{p: {"Value": wrap(v), "Text": _dbus.Variant("s", "")} for p, v in changes.items()}],
+    )
+
+
+def test_a_service_sending_both_streams_is_read_from_both() -> None:
+    # velib: a batched update is one ItemsChanged, a single assignment or an accepted SetValue
+    # (the GUI renaming a pack) one PropertiesChanged; a driver may do both.
+    state = BusState()
+    monitor = Monitor(None, state, parse_config({}), own_name="x", clock=lambda: 1.0)
+    svc = state.add(NAME, OWNER, 0.0)
+    monitor._on_signal(items_changed({"/Soc": 50.0, "/Io/AllowToCharge": 1}))
+    monitor._on_signal(signal("/Io/AllowToCharge", 0))
+    monitor._on_signal(signal("/CustomName", "Pack A"))
+    monitor._on_signal(items_changed({"/Soc": 51.0}))
+    assert svc.values == {"/Soc": 51.0, "/Io/AllowToCharge": 0, "/CustomName": "Pack A"}
+    assert svc.changed == {"/Soc", "/Io/AllowToCharge", "/CustomName"}
 
 
 def test_a_scan_keeps_what_was_signalled_while_it_was_asked() -> None:

@@ -2,12 +2,16 @@
 
 Order matters (a scan must never miss or clobber a change): the NameOwnerChanged match comes
 first, then ListNames; per service, its PropertiesChanged/ItemsChanged match rules (scoped to
-the sender, so we never parse other services' traffic), then one GetItems whose values only
-fill paths no signal has delivered yet.  A service whose mandatory paths are missing (old
-serialbattery claims its name before creating paths) is scanned again until they appear.
+the sender, so we never parse other services' traffic), then one GetItems whose reply does
+not overwrite what was signalled while it was asked (a signal received before the request is
+older than the reply: one sender's messages arrive in order).  A service whose mandatory paths
+are missing (old serialbattery claims its name before creating paths) is scanned again until
+they appear.
 
-Per service we take ONE stream of changes: once a service emits ItemsChanged, its
-PropertiesChanged rule is removed so the daemon stops sending us the duplicates.
+Both streams of a service are read, always: velib sends a batched change as ItemsChanged and
+a single assignment or an accepted SetValue as PropertiesChanged, so one service may send both
+(dbus-serialbattery sends only PropertiesChanged). A service that sends both for the same change
+costs a second decoding; ignoring its PropertiesChanged would lose changes.
 """
 
 from __future__ import annotations
@@ -341,8 +345,6 @@ class Monitor:
             path: str = msg.path
             now = self._clock()
             for svc in services:
-                if svc.emits_items:
-                    continue
                 values = svc.values
                 svc.last_signal_s = now
                 svc.probe_failed = False
@@ -366,21 +368,10 @@ class Monitor:
             now = self._clock()
             for svc in services:
                 svc.apply_signal(changes, now)
-                if not svc.emits_items:
-                    svc.emits_items = True
-                    self._drop_properties_stream(svc.name)
         elif member == "NameOwnerChanged" and msg.sender == _dbus.DBUS_SERVICE:
             name, old, new = msg.body
             if old and name in self._state.services:
                 self._departed(name)
             if new and self._relevant(name):
                 self._spawn(self._track(name, new))
-
-    def _drop_properties_stream(self, name: str) -> None:
-        rules = self._rules.get(name)
-        if rules is None or not rules.properties:
-            return
-        for rule in rules.properties:
-            self._spawn(self._remove_rule(rule))
-        rules.properties = []
 

@@ -45,7 +45,6 @@ class ServiceState:
     last_signal_s: float | None = None  # any signal, changed value or not: alive, not changed
     last_scan_s: float | None = None  # last scan attempt (answered or not)
     last_answer_s: float | None = None  # last answered GetItems scan or liveness probe
-    emits_items: bool = False
     probe_failed: bool = False
     # Paths whose value changed since the last snapshot: only those are checked again.
     changed: set[str] = field(default_factory=set)
@@ -99,7 +98,7 @@ class ServiceState:
 
     def scan_ended(self) -> None:
         """A scan was answered (and applied) or failed."""
-        self.scanning -= 1
+        self.scanning = max(self.scanning - 1, 0)
         if not self.scanning:
             self.signalled.clear()
 
