@@ -153,18 +153,19 @@ def full_snapshots(packs: list[ServiceState], name_path: str, with_cells: bool) 
     [], list[PackSnapshot]
 ]:
     """The previous implementation: pack_from_values again whenever any value changed."""
-    cache: dict[str, tuple[int, PackSnapshot]] = {}
+    cache: dict[str, PackSnapshot] = {}
 
     def snaps() -> list[PackSnapshot]:
         out = []
         for svc in packs:
             got = cache.get(svc.name)
-            if got is None or got[0] != svc.version:
-                snap, _ = pack_from_values(
+            if got is None or svc.changed:
+                got, _ = pack_from_values(
                     svc.name, svc.label(name_path), svc.values, with_cells=with_cells
                 )
-                got = cache[svc.name] = (svc.version, snap)
-            out.append(got[1])
+                cache[svc.name] = got
+                svc.changed.clear()  # these states feed only this function
+            out.append(got)
         return out
 
     return snaps

@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BIN="$ROOT/.venv/bin"
 "$BIN/ruff" check src tests benchmarks
-"$BIN/mypy" --strict src
+"$BIN/mypy" --strict src benchmarks
 echo "== all tests, dbus-fast =="
 DAB_DBUS_LIBRARY=dbus_fast "$BIN/python" -m pytest -q "$@"
 echo "== D-Bus tests, dbus-next =="
