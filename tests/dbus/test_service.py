@@ -21,8 +21,13 @@ from dbus_aggregate_batteries.core.venus import round_for_path
 from dbus_aggregate_batteries.shell import _dbus
 from dbus_aggregate_batteries.shell.app import Application
 from dbus_aggregate_batteries.shell.persist import StateFile
-from dbus_aggregate_batteries.sim.model import PackSpec, constant_profile, default_pack_specs
-from dbus_aggregate_batteries.sim.services import SimBank
+from dbus_aggregate_batteries.sim.model import (
+    PackModel,
+    PackSpec,
+    constant_profile,
+    default_pack_specs,
+)
+from dbus_aggregate_batteries.sim.services import SimBank, pack_service
 
 AGG = "com.victronenergy.battery.aggregate"
 MakeBus = Callable[[], Awaitable[_dbus.MessageBus]]
@@ -208,6 +213,34 @@ async def test_set_value_sends_properties_changed(
     await recorder.barrier(owner)
     assert recorder.properties == ["/CustomName"]
     assert all("/CustomName" not in items for items in recorder.items)
+
+
+async def test_pack_sending_items_changed_and_properties_changed_is_read_from_both(
+    app: Application, make_bus: MakeBus, bus_address: str
+) -> None:
+    # A driver on velib's batched update sends ItemsChanged, but an accepted SetValue (the GUI
+    # renaming the pack) still comes as a lone PropertiesChanged: neither may be lost.
+    pack = pack_service(PackModel(PackSpec(name="ttyUSB9", device_instance=10, soc_pct=55.0)))
+    pack.signals = "items"
+    await pack.start(bus_address)
+    try:
+        name = pack.name
+        await wait_until(lambda: name in app.state.services
+                         and app.state.services[name].kind.value == "pack")
+        assert pack.service is not None
+        assert pack.service.publish({"/Soc": 12.0}) == 1  # one ItemsChanged
+        await wait_until(lambda: app.state.services[name].values.get("/Soc") == 12.0)
+        client = await make_bus()
+        reply = await _dbus.call(client, name, "/CustomName", "SetValue", signature="v",
+                                 body=(_dbus.Variant("s", "Shed pack"),))
+        assert reply == [0]
+        await wait_until(
+            lambda: app.state.services[name].values.get("/CustomName") == "Shed pack"
+        )
+        assert pack.service.publish({"/Soc": 13.0}) == 1
+        await wait_until(lambda: app.state.services[name].values.get("/Soc") == 13.0)
+    finally:
+        await pack.stop()
 
 
 async def test_pack_joins_and_leaves(app: Application, sim: SimBank) -> None:
