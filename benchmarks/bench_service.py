@@ -577,7 +577,7 @@ async def start_daemon(work: Path, env: dict[str, str], log_dir: Path) -> tuple[
     sock_dir = work / "bus"
     sock_dir.mkdir()
     config = work / "bus.conf"
-    config.write_text(BUS_CONFIG.format(directory=sock_dir))
+    config.write_text(BUS_CONFIG.format(directory=sock_dir, extra=""))
     child = Child(
         "dbus-daemon",
         [daemon, "--nofork", "--print-address", f"--config-file={config}"],

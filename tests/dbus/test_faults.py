@@ -228,7 +228,7 @@ async def test_corrupt_state_file_starts_with_warning(
 def test_daemon_death_exits_nonzero_with_state_saved(tmp_path: Path) -> None:
     daemon = shutil.which("dbus-daemon")
     assert daemon is not None
-    (tmp_path / "bus.conf").write_text(BUS_CONFIG.format(directory=tmp_path))
+    (tmp_path / "bus.conf").write_text(BUS_CONFIG.format(directory=tmp_path, extra=""))
     bus = subprocess.Popen([daemon, "--nofork", "--print-address",
                             f"--config-file={tmp_path / 'bus.conf'}"],
                            stdout=subprocess.PIPE, text=True)
@@ -461,3 +461,40 @@ async def test_hung_pack_process_fails_the_probe(
         sim.send_signal(signal.SIGCONT)
         await tick_until(app, lambda: app.counters.health.get(name) is Health.ACTIVE,
                          timeout=10)
+
+
+async def test_short_lived_owners_leave_no_match_rules_behind(tmp_path: Path) -> None:
+    # Drivers that claim a name and die at once (a crash loop) must not leave match rules on
+    # the daemon: it keeps a departed sender's rules until they are removed and refuses more
+    # past its per-connection limit (1024 on Venus OS), after which no pack could be read.
+    # Here the limit is 16: the NameOwnerChanged rule plus a few services' worth.
+    from dbus_aggregate_batteries.sim.privatebus import private_bus
+
+    with private_bus(tmp_path, limits={"max_match_rules_per_connection": 16}) as address:
+        app = Application(test_config(), await _dbus.connect(address), state_dir=tmp_path)
+        await app.monitor.start()
+        try:
+            for k in range(60):
+                ghost = await _dbus.connect(address)
+                await ghost.request_name(f"com.victronenergy.battery.ttyGhost{k % 7}")
+                await _dbus.disconnect(ghost)
+                if k % 3 == 0:
+                    await asyncio.sleep(0.005)
+            await wait_until(
+                lambda: not any("Ghost" in n for n in app.state.services), timeout=10.0
+            )
+            await asyncio.sleep(0.3)  # the removals still in flight reach the daemon
+            bank = SimBank(default_pack_specs(2), profile=constant_profile(-5.0))
+            await bank.start(address)
+            try:
+                await bank.tick(1.0)
+                await wait_until(lambda: len(packs_of(app)) == 2, timeout=10.0)
+                await bank.tick(1.0)
+                for name in packs_of(app):
+                    svc = app.state.services[name]
+                    await wait_until(lambda svc=svc: svc.last_signal_s is not None)  # type: ignore[misc]
+            finally:
+                await bank.stop()
+        finally:
+            await app.monitor.stop()
+            await _dbus.disconnect(app.bus)

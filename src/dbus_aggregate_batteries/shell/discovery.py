@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +47,13 @@ PROBE_RETRY_TIMEOUT_S = 3.0
 
 @dataclass(slots=True)
 class _Rules:
+    owner: str
     properties: list[str]
     items: str
+
+
+def _all(rules: _Rules) -> tuple[str, ...]:
+    return (*rules.properties, rules.items)
 
 
 class Monitor:
@@ -73,6 +78,9 @@ class Monitor:
         self._clock = clock
         self._on_departed = on_departed
         self._rules: dict[str, _Rules] = {}
+        # The owner NameOwnerChanged last gave each relevant name ("" once it left): a
+        # GetNameOwner reply, or a retry after a failed subscription, may be older than that.
+        self._owner_of: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Names of services that may still be incomplete (not classified, or a pack without
         # its mandatory paths): rescan_due looks at these only. A service leaves the set once
@@ -145,7 +153,16 @@ class Monitor:
     # ------------------------------------------------------------------ tracking
 
     async def _track(self, name: str, owner: str) -> None:
+        if self._owner_of.get(name, owner) != owner:
+            return  # that owner is gone already: tracking it would shadow the live one
         now = self._clock()
+        replaced = self._rules.get(name)
+        if replaced is not None and replaced.owner != owner:
+            # The daemon keeps a rule until it is removed. (The same owner tracked twice adds
+            # the same rules twice: the daemon counts them, and the first track removes its
+            # own copy once it sees it was replaced.)
+            del self._rules[name]
+            self._remove_rules(_all(replaced))
         svc = self._state.add(name, owner, now)
         self._incomplete.add(name)
         aux = not (
@@ -154,6 +171,7 @@ class Monitor:
         )
         base = f"type='signal',sender='{owner}',interface='{BUSITEM}'"
         rules = _Rules(
+            owner=owner,
             properties=(
                 [f"{base},member='PropertiesChanged',path='{p}'" for p in AUX_PATHS]
                 if aux
@@ -162,16 +180,31 @@ class Monitor:
             items=f"{base},member='ItemsChanged',path='/'",
         )
         self._rules[name] = rules
+        added: list[str] = []  # removed again one for one: the daemon counts a rule's copies
         try:
-            for rule in (*rules.properties, rules.items):
+            for rule in _all(rules):
                 await _dbus.add_match(self._bus, rule)
+                added.append(rule)
         except (_dbus.DBusCallError, TimeoutError) as exc:
+            if self._state.services.get(name) is not svc:
+                # It left or has a newer owner meanwhile: that one is not ours to drop.
+                self._remove_rules(added)
+                return
             # Without its match rules the service would look frozen: start over later.
             log.warning("%s: cannot subscribe (%s); retrying", name, exc)
             self._departed(name)
             await asyncio.sleep(self._cfg.discovery.rescan_interval_s)
-            if self._bus.connected and name not in self._state.services:
+            if (
+                self._bus.connected
+                and name not in self._state.services
+                and self._owner_of.get(name, owner) == owner
+            ):
                 self._spawn(self._track(name, owner))
+            return
+        if self._state.services.get(name) is not svc:
+            # It left (or was replaced) while we subscribed: the removal _departed sent may
+            # have reached the daemon before these rules did.
+            self._remove_rules(added)
             return
         await self.scan(svc)
 
@@ -254,21 +287,25 @@ class Monitor:
         """Stop listening to a service we do not use."""
         rules = self._rules.pop(name, None)
         self._state.remove(name)
-        if rules is not None and self._bus.connected:
-            for rule in (*rules.properties, rules.items):
+        if rules is not None:
+            self._remove_rules(_all(rules))
+
+    def _remove_rules(self, rules: Iterable[str]) -> None:
+        if self._bus.connected:
+            for rule in rules:
                 self._spawn(self._remove_rule(rule))
 
     async def _remove_rule(self, rule: str) -> None:
-        # The daemon drops the rules of departed senders anyway.
+        # dbus-daemon keeps a rule whose sender has left until it is removed, and counts it
+        # against the connection's limit (1024 on Venus OS).
         with contextlib.suppress(_dbus.DBusCallError, TimeoutError):
             await _dbus.remove_match(self._bus, rule)
 
     def _departed(self, name: str) -> None:
         rules = self._rules.pop(name, None)
         svc = self._state.remove(name)
-        if rules is not None and self._bus.connected:
-            for rule in (*rules.properties, rules.items):
-                self._spawn(self._remove_rule(rule))
+        if rules is not None:
+            self._remove_rules(_all(rules))
         if svc is not None and svc.kind is not Kind.IGNORED:
             log.warning("%s %s left the bus", svc.kind.value, name)
             if self._on_departed is not None:
@@ -370,6 +407,8 @@ class Monitor:
                 svc.apply_signal(changes, now)
         elif member == "NameOwnerChanged" and msg.sender == _dbus.DBUS_SERVICE:
             name, old, new = msg.body
+            if self._relevant(name):
+                self._owner_of[name] = new
             if old and name in self._state.services:
                 self._departed(name)
             if new and self._relevant(name):

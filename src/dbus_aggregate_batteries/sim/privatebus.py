@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -23,7 +23,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
-</busconfig>
+{extra}</busconfig>
 """
 
 
@@ -32,15 +32,21 @@ class DaemonMissingError(RuntimeError):
 
 
 @contextlib.contextmanager
-def private_bus(directory: Path) -> Iterator[str]:
-    """Start a dbus-daemon listening in ``directory``; yield its address; stop it after."""
+def private_bus(directory: Path, *, limits: Mapping[str, int] | None = None) -> Iterator[str]:
+    """Start a dbus-daemon listening in ``directory``; yield its address; stop it after.
+
+    ``limits`` sets the daemon's ``<limit>`` entries (e.g. ``max_match_rules_per_connection``).
+    """
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         raise DaemonMissingError(
             "dbus-daemon not found: install Debian's dbus package (sudo apt-get install dbus)"
         )
     conf = directory / "bus.conf"
-    conf.write_text(BUS_CONFIG.format(directory=directory))
+    extra = "".join(
+        f'  <limit name="{key}">{value:d}</limit>\n' for key, value in (limits or {}).items()
+    )
+    conf.write_text(BUS_CONFIG.format(directory=directory, extra=extra))
     proc = subprocess.Popen(
         [daemon, "--nofork", "--print-address", f"--config-file={conf}"],
         stdout=subprocess.PIPE,
