@@ -130,3 +130,29 @@ async def test_feed_in_left_alone_when_owner_has_it_off(
         assert settings[FEED_IN] == 0 and app.engine.feed_in.saved_value is None
     finally:
         await app.shutdown()
+
+
+async def test_localsettings_restart_is_followed(
+    bus_address: str, bank: SimBank, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    # localsettings restarts (a new unique name): the feed-in setting is still followed, and
+    # the service's own writes still land.
+    first = SimSettings()
+    await first.start(bus_address)
+    app = await start_app(make_bus, tmp_path, limits={"mode": "own"})
+    second = SimSettings({FEED_IN: 0})
+    try:
+        assert app.settings.feed_in == 1
+        await first.stop()
+        await second.start(bus_address)
+        await tick_until(app, lambda: app.settings.feed_in == 0)  # read again from the new one
+        second.set(FEED_IN, 1)  # the owner changes it in the GUI
+        await tick_until(app, lambda: app.settings.feed_in == 1)
+        bank.packs[0].set_override("/Voltages/Cell2", 3.52)
+        bank.packs[0].set_override("/System/MaxCellVoltage", 3.52)
+        await bank.tick(1.0)
+        await tick_until(app, lambda: second[FEED_IN] == 0)  # our write reached the new one
+    finally:
+        await app.shutdown()
+        await second.stop()
+        await first.stop()

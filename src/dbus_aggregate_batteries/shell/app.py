@@ -44,7 +44,6 @@ from dbus_aggregate_batteries.shell.dispatch import Dispatcher
 from dbus_aggregate_batteries.shell.export import BusItemService, NameTakenError
 from dbus_aggregate_batteries.shell.persist import SavedState, StateFile
 from dbus_aggregate_batteries.shell.settings import (
-    FEED_IN_PATH,
     LocalSettings,
     device_key,
     parse_instance,
@@ -358,8 +357,7 @@ class Application:
         self.engine = result.state
         self.last_result = result
         if result.feed_in_request is not None and self.settings.available:
-            self.settings.feed_in = result.feed_in_request
-            self._spawn(self.settings.set(FEED_IN_PATH, result.feed_in_request))
+            self._spawn(self.settings.write_feed_in(result.feed_in_request))
         self._log(result.events)
         if self.registered:
             changed = self.service.publish(result.values)

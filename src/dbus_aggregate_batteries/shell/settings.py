@@ -7,13 +7,17 @@
 - ``/Settings/CGwacs/OvervoltageFeedIn`` (DC-coupled PV feed-in) is watched by signal and
   written only when the engine asks for it.
 Without a settings service (a laptop) every call reports "unavailable" and the caller falls
-back to its configuration.
+back to its configuration. Calls go to the well-known name, so a localsettings restart does not
+break them; the feed-in signal is followed to the new process (NameOwnerChanged), and the
+setting is read again then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from dbus_aggregate_batteries.core.venus import BUSITEM, SETTINGS_SERVICE, Value
 from dbus_aggregate_batteries.shell import _dbus
@@ -50,8 +54,11 @@ class LocalSettings:
         self._bus = bus
         self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(bus)
         self._owner: str | None = None
+        self._watching_owner = False
         self.feed_in: int | None = None
         self._on_feed_in: Callable[[int | None], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._write_failed = False
 
     async def connect(self) -> bool:
         """Whether a settings service is on the bus; starts watching the feed-in setting."""
@@ -62,17 +69,56 @@ class LocalSettings:
             )
         except (_dbus.DBusCallError, TimeoutError):
             return False
-        self._owner = str(reply[0])
-        # Only this sender's signals reach the handler: no call per pack signal.
-        self._dispatcher.add_signal_handler(self._on_signal, sender=self._owner)
+        # A restart of localsettings gives it a new unique name: follow it.
+        self._dispatcher.add_signal_handler(self._on_owner_changed, sender=_dbus.DBUS_SERVICE)
+        self._watching_owner = True
         await _dbus.add_match(
             self._bus,
-            f"type='signal',sender='{self._owner}',interface='{BUSITEM}',"
-            f"member='PropertiesChanged',path='{FEED_IN_PATH}'",
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+            f"member='NameOwnerChanged',arg0='{SETTINGS_SERVICE}'",
         )
-        value = await self.get(FEED_IN_PATH)
-        self.feed_in = value if isinstance(value, int) else None
+        await self._bind(str(reply[0]))
         return True
+
+    async def _bind(self, owner: str) -> None:
+        # Only this sender's signals reach the handler: no call per pack signal.
+        self._owner = owner
+        self._dispatcher.add_signal_handler(self._on_signal, sender=owner)
+        await _dbus.add_match(self._bus, _feed_in_rule(owner))
+        value = await self.get(FEED_IN_PATH)
+        if self._owner == owner:
+            self.feed_in = value if isinstance(value, int) else None
+
+    def _unbind(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            self._dispatcher.remove_signal_handler(self._on_signal, sender=owner)
+            self._spawn(self._quietly(_dbus.remove_match(self._bus, _feed_in_rule(owner))))
+
+    def _on_owner_changed(self, msg: Message) -> None:
+        if msg.member != "NameOwnerChanged" or not msg.body or msg.body[0] != SETTINGS_SERVICE:
+            return
+        new = msg.body[2]
+        if new == self._owner:
+            return
+        self._unbind()
+        if new:
+            log.info("localsettings restarted (%s): following it", new)
+            self._spawn(self._quietly(self._bind(new)))
+        else:
+            log.warning("localsettings left the bus")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(coro: Coroutine[Any, Any, object]) -> None:
+        try:
+            await coro
+        except (_dbus.DBusCallError, TimeoutError) as exc:
+            log.debug("localsettings call failed: %s", exc)
 
     @property
     def available(self) -> bool:
@@ -89,7 +135,7 @@ class LocalSettings:
         ]
         try:
             reply = await _dbus.call(
-                self._bus, self._owner, "/", "AddSettings", SETTINGS_IFACE, "aa{sv}", (body,),
+                self._bus, SETTINGS_SERVICE, "/", "AddSettings", SETTINGS_IFACE, "aa{sv}", (body,),
                 timeout_s=CALL_TIMEOUT_S,
             )
         except (_dbus.DBusCallError, TimeoutError) as exc:
@@ -109,7 +155,7 @@ class LocalSettings:
         if self._owner is None:
             return None
         try:
-            reply = await _dbus.call(self._bus, self._owner, path, "GetValue",
+            reply = await _dbus.call(self._bus, SETTINGS_SERVICE, path, "GetValue",
                                      timeout_s=CALL_TIMEOUT_S)
         except (_dbus.DBusCallError, TimeoutError):
             return None
@@ -121,7 +167,7 @@ class LocalSettings:
         if self._owner is None:
             return False
         try:
-            reply = await _dbus.call(self._bus, self._owner, path, "SetValue", BUSITEM, "v",
+            reply = await _dbus.call(self._bus, SETTINGS_SERVICE, path, "SetValue", BUSITEM, "v",
                                      (wrap(value),), timeout_s=CALL_TIMEOUT_S)
         except (_dbus.DBusCallError, TimeoutError) as exc:
             log.warning("cannot write %s: %s", path, exc)
@@ -137,8 +183,39 @@ class LocalSettings:
             value = _dbus.unwrap(msg.body[0].get("Value", Variant("ai", [])))
             self.feed_in = value if isinstance(value, int) else None
 
+    async def write_feed_in(self, value: int) -> None:
+        """Write the feed-in setting; until localsettings answers it counts as written.
+
+        A refused or failed write reads the setting back, so the engine sees what is really
+        set (and asks again at a later tick) instead of what it asked for.
+        """
+        self.feed_in = value
+        if await self.set(FEED_IN_PATH, value):
+            self._write_failed = False
+            return
+        if not self._write_failed:
+            log.warning("PV feed-in setting not written: it is read back and tried again")
+        self._write_failed = True
+        actual = await self.get(FEED_IN_PATH)
+        if self.feed_in == value:
+            self.feed_in = actual if isinstance(actual, int) else None
+
     def close(self) -> None:
         """Stop watching signals."""
         if self._owner is not None:
             self._dispatcher.remove_signal_handler(self._on_signal, sender=self._owner)
+        if self._watching_owner:
+            self._dispatcher.remove_signal_handler(
+                self._on_owner_changed, sender=_dbus.DBUS_SERVICE
+            )
+            self._watching_owner = False
+        for task in self._tasks:
+            task.cancel()
+
+
+def _feed_in_rule(owner: str) -> str:
+    return (
+        f"type='signal',sender='{owner}',interface='{BUSITEM}',"
+        f"member='PropertiesChanged',path='{FEED_IN_PATH}'"
+    )
 
