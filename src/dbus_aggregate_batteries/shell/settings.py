@@ -186,15 +186,16 @@ class LocalSettings:
     async def write_feed_in(self, value: int) -> None:
         """Write the feed-in setting; until localsettings answers it counts as written.
 
-        A refused or failed write reads the setting back, so the engine sees what is really
-        set (and asks again at a later tick) instead of what it asked for.
+        A refused or failed write reads the setting back, so what the service holds (and shows
+        the engine) is what is really set, not what it asked for. The engine does not ask again
+        within the same high-cell episode: the owner may have set it by hand meanwhile.
         """
         self.feed_in = value
         if await self.set(FEED_IN_PATH, value):
             self._write_failed = False
             return
         if not self._write_failed:
-            log.warning("PV feed-in setting not written: it is read back and tried again")
+            log.warning("PV feed-in setting not written (localsettings refused or did not answer)")
         self._write_failed = True
         actual = await self.get(FEED_IN_PATH)
         if self.feed_in == value:
