@@ -134,7 +134,7 @@ class Application:
         self.last_result: StepResult | None = None
         self.custom_name = cfg.publish.custom_name
         self.device_instance = cfg.publish.device_instance
-        self.settings = LocalSettings(bus, dispatcher=self.dispatcher)
+        self.settings = LocalSettings(bus, spawn=self._spawn, dispatcher=self.dispatcher)
         self._settings_base = f"/Settings/Devices/{device_key(cfg.publish.service_suffix)}"
         self._tasks: set[asyncio.Task[None]] = set()
         # Per-cell voltages are only used by own-mode dynamic CVL and the cell republishing.

@@ -14,7 +14,6 @@ setting is read again then.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -50,15 +49,19 @@ def parse_instance(value: object) -> int | None:
 class LocalSettings:
     """The few localsettings calls this service needs."""
 
-    def __init__(self, bus: MessageBus, *, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
         self._bus = bus
+        # The owner's task runner: its tasks are awaited at its shutdown.
+        self._spawn = spawn
         self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(bus)
         self._owner: str | None = None
-        self._watching_owner = False
         self.feed_in: int | None = None
-        self._on_feed_in: Callable[[int | None], None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._write_failed = False
 
     async def connect(self) -> bool:
         """Whether a settings service is on the bus; starts watching the feed-in setting."""
@@ -71,7 +74,6 @@ class LocalSettings:
             return False
         # A restart of localsettings gives it a new unique name: follow it.
         self._dispatcher.add_signal_handler(self._on_owner_changed, sender=_dbus.DBUS_SERVICE)
-        self._watching_owner = True
         await _dbus.add_match(
             self._bus,
             "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
@@ -107,11 +109,6 @@ class LocalSettings:
             self._spawn(self._quietly(self._bind(new)))
         else:
             log.warning("localsettings left the bus")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _quietly(coro: Coroutine[Any, Any, object]) -> None:
@@ -192,11 +189,8 @@ class LocalSettings:
         """
         self.feed_in = value
         if await self.set(FEED_IN_PATH, value):
-            self._write_failed = False
             return
-        if not self._write_failed:
-            log.warning("PV feed-in setting not written (localsettings refused or did not answer)")
-        self._write_failed = True
+        log.warning("PV feed-in setting not written (localsettings refused or did not answer)")
         actual = await self.get(FEED_IN_PATH)
         if self.feed_in == value:
             self.feed_in = actual if isinstance(actual, int) else None
@@ -205,13 +199,7 @@ class LocalSettings:
         """Stop watching signals."""
         if self._owner is not None:
             self._dispatcher.remove_signal_handler(self._on_signal, sender=self._owner)
-        if self._watching_owner:
-            self._dispatcher.remove_signal_handler(
-                self._on_owner_changed, sender=_dbus.DBUS_SERVICE
-            )
-            self._watching_owner = False
-        for task in self._tasks:
-            task.cancel()
+        self._dispatcher.remove_signal_handler(self._on_owner_changed, sender=_dbus.DBUS_SERVICE)
 
 
 def _feed_in_rule(owner: str) -> str:
