@@ -181,17 +181,21 @@ class Monitor:
         )
         self._rules[name] = rules
         added: list[str] = []  # removed again one for one: the daemon counts a rule's copies
+        failure: Exception | None = None
         try:
             for rule in _all(rules):
                 await _dbus.add_match(self._bus, rule)
                 added.append(rule)
         except (_dbus.DBusCallError, TimeoutError) as exc:
-            if self._state.services.get(name) is not svc:
-                # It left or has a newer owner meanwhile: that one is not ours to drop.
-                self._remove_rules(added)
-                return
+            failure = exc
+        if self._state.services.get(name) is not svc:
+            # It left (or has a newer owner) while we subscribed: that one is not ours to drop,
+            # and the removal _departed sent may have reached the daemon before these rules.
+            self._remove_rules(added)
+            return
+        if failure is not None:
             # Without its match rules the service would look frozen: start over later.
-            log.warning("%s: cannot subscribe (%s); retrying", name, exc)
+            log.warning("%s: cannot subscribe (%s); retrying", name, failure)
             self._departed(name)
             await asyncio.sleep(self._cfg.discovery.rescan_interval_s)
             if (
@@ -200,11 +204,6 @@ class Monitor:
                 and self._owner_of.get(name, owner) == owner
             ):
                 self._spawn(self._track(name, owner))
-            return
-        if self._state.services.get(name) is not svc:
-            # It left (or was replaced) while we subscribed: the removal _departed sent may
-            # have reached the daemon before these rules did.
-            self._remove_rules(added)
             return
         await self.scan(svc)
 
