@@ -80,13 +80,17 @@ from dbus_aggregate_batteries.sim.privatebus import BUS_CONFIG
 
 HERE = Path(__file__).resolve().parent
 FLOOR_SCRIPT = HERE / "floor_subscriber.py"
+TICK_PROBE_SCRIPT = HERE / "tick_probe.py"
 CONSUMER_SCRIPT = HERE / "consumer_subscriber.py"
 # What runs as "the service": this tree as it is (ItemsChanged only), the same with
 # publish.properties_changed (ItemsChanged plus PropertiesChanged, the wire behaviour before
 # issue 12), or another source tree given by --old-src (e.g. a `git archive` of an older
 # commit) with its own defaults. "original" is the original program (dbus-python + GLib),
-# started from the directory given by --original (see ORIGINAL_LAUNCHER).
-VARIANTS = ("new", "new-pc", "old", "original")
+# started from the directory given by --original (see ORIGINAL_LAUNCHER). "no-tick" and
+# "min-tick" are this tree with its tick replaced (tick_probe.py): what the service costs
+# without its tick, and with the least tick any aggregator needs.
+VARIANTS = ("new", "new-pc", "old", "original", "no-tick", "min-tick")
+TICK_PROBES = {"no-tick": "none", "min-tick": "minimal"}
 AGGREGATE = "com.victronenergy.battery.aggregate"
 CURRENT = "/Dc/0/Current"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -667,11 +671,15 @@ async def measure_service(
     if s.cprofile_dir is not None:
         s.cprofile_dir.mkdir(parents=True, exist_ok=True)
         prefix = ["-m", "cProfile", "-o", str(s.cprofile_dir / f"service-{lib}-{n}.prof")]
+    probe_tick = TICK_PROBES.get(s.variant)
+    command = (
+        ["-m", "dbus_aggregate_batteries"] if probe_tick is None
+        else [str(TICK_PROBE_SCRIPT), "--tick", probe_tick]
+    )
     argv = [
         sys.executable,
         *prefix,
-        "-m",
-        "dbus_aggregate_batteries",
+        *command,
         "run",
         "--config",
         str(config),
@@ -1366,7 +1374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants", type=_csv(str), default=["new"],
         help="new (this tree), new-pc (this tree with publish.properties_changed: true), "
-        "old (the tree given by --old-src), original (the program given by --original)",
+        "old (the tree given by --old-src), original (the program given by --original), "
+        "no-tick and min-tick (this tree with its tick replaced: tick_probe.py)",
     )
     p.add_argument("--old-src", type=Path, default=None,
                    help="src/ directory of another version, for variant old")

@@ -86,7 +86,7 @@ def summarise(paths: Sequence[Path]) -> str:
         "| peak RSS MB | missed ticks |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    order = {"new": 0, "new-pc": 1, "old": 2, "original": 3}
+    order = {"new": 0, "new-pc": 1, "old": 2, "original": 3, "min-tick": 4, "no-tick": 5}
     for key in sorted(
         groups, key=lambda k: (k[0], k[1], k[2], order.get(k[3].split()[0], 9), k[3])
     ):
