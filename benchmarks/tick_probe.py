@@ -8,8 +8,8 @@ service is up and has published its first result:
   the watchdog's time kept): the cost of receiving, decoding and storing the packs' signals,
   plus the event loop and its timer, without the tick.
 * ``--tick minimal``: the least any aggregator does per tick: read every pack's voltage,
-  current, SoC and cells from the model, sum, average, min and max them, and publish the ~9
-  resulting values through the real export (one ``ItemsChanged``). No validation, roster,
+  current, SoC and cells from the model, sum, average, min and max them, and publish the 9
+  results through the real export (one ``ItemsChanged`` of those that changed). No validation, roster,
   limits, SoC counter, share rule or history.
 
 The summary line that ``bench_service.py`` reads (missed ticks, tick failures) is still logged at
