@@ -339,8 +339,14 @@ class BusItemService:
         )
         # dbus-fast (and dbus-next's asyncio bus) return a future that resolves once written;
         # nothing waits for it, so log a failure here instead of asyncio's "never retrieved".
+        # Usually it is written at once: checked now, since a callback on a done future costs
+        # one more pass of the event loop (a wake-up each tick).
         sent = self._bus.send(msg)
-        if sent is not None:
+        if sent is None:
+            return
+        if sent.done():
+            _log_send_failure(sent)
+        else:
             sent.add_done_callback(_log_send_failure)
 
     # -- method calls --------------------------------------------------------------------------
