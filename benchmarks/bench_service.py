@@ -1025,6 +1025,8 @@ async def run_one(lib: str, n: int, s: Settings) -> dict[str, Any]:
         ),
         "git_head": git_head(),
     }
+    if s.variant in TICK_PROBES:
+        result["probe_digest"] = hashlib.sha256(TICK_PROBE_SCRIPT.read_bytes()).hexdigest()[:16]
     with tempfile.TemporaryDirectory(prefix="dab-bench-") as tmp:
         work = Path(tmp)
         daemon: Child | None = None

@@ -7,9 +7,10 @@ service is up and has published its first result:
 * ``--tick none``: the tick does no work (the packs' changed sets are cleared, the counters and
   the watchdog's time kept): the cost of receiving, decoding and storing the packs' signals,
   plus the event loop and its timer, without the tick.
-* ``--tick minimal``: the least any aggregator does per tick: read every pack's voltage,
-  current, SoC and cells from the model, sum, average, min and max them, and publish the 9
-  results through the real export (one ``ItemsChanged`` of those that changed). No validation, roster,
+* ``--tick minimal``: the least an aggregator built like this one does per tick: read every
+  pack's voltage, current, SoC and cells from the model, sum, average, min and max them, and
+  publish the 9 results through the real export (one ``ItemsChanged`` of those that changed;
+  the export rounds them and publishes a non-finite one as invalid). No validation, roster,
   limits, SoC counter, share rule or history.
 
 The summary line that ``bench_service.py`` reads (missed ticks, tick failures) is still logged at
@@ -22,6 +23,7 @@ Usage: ``python benchmarks/tick_probe.py --tick none|minimal run --config ... --
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -40,7 +42,7 @@ def _install(mode: str) -> None:
 
     def minimal(app: Application) -> None:
         volts = amps = soc = 0.0
-        low, high = 10.0, 0.0
+        low, high = math.inf, -math.inf  # no cells: published as invalid, never inverted
         n = 0
         for svc in app.state.of_kind(Kind.PACK):
             values = svc.values
@@ -58,10 +60,10 @@ def _install(mode: str) -> None:
         if n and app.registered:
             volts /= n
             app.service.publish({
-                "/Dc/0/Voltage": round(volts, 2),
-                "/Dc/0/Current": round(amps, 1),
-                "/Dc/0/Power": round(volts * amps),
-                "/Soc": round(soc / n, 1),
+                "/Dc/0/Voltage": volts,
+                "/Dc/0/Current": amps,
+                "/Dc/0/Power": volts * amps,
+                "/Soc": soc / n,
                 "/System/MinCellVoltage": low,
                 "/System/MaxCellVoltage": high,
                 "/Info/MaxChargeCurrent": 100.0 * n,

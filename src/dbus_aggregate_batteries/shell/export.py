@@ -339,8 +339,8 @@ class BusItemService:
         )
         # dbus-fast (and dbus-next's asyncio bus) return a future that resolves once written;
         # nothing waits for it, so log a failure here instead of asyncio's "never retrieved".
-        # Usually it is written at once: checked now, since a callback on a done future costs
-        # one more pass of the event loop (a wake-up each tick).
+        # Usually it is written at once: checked now, since a callback on a done future goes
+        # through call_soon, one more event-loop pass (a zero-timeout poll) every tick.
         sent = self._bus.send(msg)
         if sent is None:
             return
