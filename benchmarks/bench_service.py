@@ -88,7 +88,7 @@ CONSUMER_SCRIPT = HERE / "consumer_subscriber.py"
 # commit) with its own defaults. "original" is the original program (dbus-python + GLib),
 # started from the directory given by --original (see ORIGINAL_LAUNCHER). "no-tick" and
 # "min-tick" are this tree with its tick replaced (tick_probe.py): what the service costs
-# without its tick, and with the least tick any aggregator needs.
+# without its tick, and with the least tick an aggregator built like it does.
 VARIANTS = ("new", "new-pc", "old", "original", "no-tick", "min-tick")
 TICK_PROBES = {"no-tick": "none", "min-tick": "minimal"}
 AGGREGATE = "com.victronenergy.battery.aggregate"

@@ -282,12 +282,13 @@ class Monitor:
             for w in wanted
         )
 
-    def _forget(self, name: str) -> None:
-        """Stop listening to a service we do not use."""
+    def _forget(self, name: str) -> ServiceState | None:
+        """Stop listening to a service (one we do not use, or one that left); returns it."""
         rules = self._rules.pop(name, None)
-        self._state.remove(name)
+        svc = self._state.remove(name)
         if rules is not None:
             self._remove_rules(_all(rules))
+        return svc
 
     def _remove_rules(self, rules: Iterable[str]) -> None:
         if self._bus.connected:
@@ -301,10 +302,7 @@ class Monitor:
             await _dbus.remove_match(self._bus, rule)
 
     def _departed(self, name: str) -> None:
-        rules = self._rules.pop(name, None)
-        svc = self._state.remove(name)
-        if rules is not None:
-            self._remove_rules(_all(rules))
+        svc = self._forget(name)
         if svc is not None and svc.kind is not Kind.IGNORED:
             log.warning("%s %s left the bus", svc.kind.value, name)
             if self._on_departed is not None:
